@@ -1,0 +1,14 @@
+"""sbert: a from-scratch PyTorch BERT for Chinese NLP that loads Hugging Face checkpoints."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model", "load_tokenizer"]
+
+
+def __getattr__(name):
+    # The Python API, imported lazily so `import sbert_cli` (and the CLI's --help) does not pull in torch.
+    if name in ("load_model", "load_tokenizer"):
+        from sbert_cli import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'sbert_cli' has no attribute {name!r}")

@@ -1,0 +1,259 @@
+"""The sbert model dir, and loading any BERT (sbert dir, HF dir, or hub repo id) onto our model.
+
+An sbert model dir holds:
+    config.json        HF field names (id2label/label2id for classifiers), so transformers reads it too
+    model.safetensors  our parameter names: bert.*, and mlm_head.* / classifier.* when trained
+    vocab.txt          the tokenizer's vocab (+ tokenizer_config.json with do_lower_case)
+    sbert.json         format version, sbert version, task, heads present, where it came from
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sbert_cli.config import BertConfig
+from sbert_cli.errors import ModelLoadError, WeightMismatchError
+from sbert_cli.hf_weights import (
+    HEAD_PREFIXES,
+    OPTIONAL_PREFIXES,
+    ConversionReport,
+    convert_hf_state_dict,
+    find_weights,
+    read_state_dict,
+)
+from sbert_cli.model import BertForMaskedLM, BertForSequenceClassification, build_model
+from sbert_cli.tokenizer import BertTokenizer
+
+SBERT_META = "sbert.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk, its tensors under our names."""
+
+    path: Path
+    config: BertConfig
+    state: dict[str, torch.Tensor]
+    report: ConversionReport
+    source_format: str  # "sbert" or "hf"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def heads(self) -> list[str]:
+        return self.report.heads
+
+
+def is_repo_id(text: str) -> bool:
+    """`owner/name` (or a bare `name`) that is not a path on disk."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return False
+    return all(part and all(c.isalnum() or c in "-_." for c in part) for part in text.split("/"))
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A local model dir, or a hub repo id fetched into (or found in) the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path}: is a file; --model takes a model folder (config.json, weights, vocab.txt)")
+    if is_repo_id(str(model)):
+        from sbert_cli.hub import fetch_model
+
+        return fetch_model(str(model))
+    raise ModelLoadError(f"{path}: no such model folder; give a local model dir or a hub repo id such as hfl/chinese-bert-wwm-ext")
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter a checkpoint with this config may hold, under our names (built on the meta device)."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in BertForMaskedLM(config).state_dict().items()}
+        if config.num_labels:
+            cls = BertForSequenceClassification(config)
+            shapes.update({k: tuple(v.shape) for k, v in cls.state_dict().items() if k.startswith("classifier.")})
+    return shapes
+
+
+def read_checkpoint(model: str | Path) -> Checkpoint:
+    """Read a model dir (sbert or HF format, or a repo id) and map its tensors onto our names."""
+    path = resolve_model_dir(model)
+    config = BertConfig.from_json(path / "config.json")
+    state = read_state_dict(find_weights(path))
+    meta_path = path / SBERT_META
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{meta_path}: not valid JSON ({e})") from None
+        report = _check_sbert_state(state, expected_shapes(config), path)
+        return Checkpoint(path, config, state, report, "sbert", meta)
+    try:
+        state, report = convert_hf_state_dict(state, expected_shapes(config))
+    except WeightMismatchError as e:
+        raise WeightMismatchError(f"{path}: {e}") from None
+    return Checkpoint(path, config, state, report, "hf")
+
+
+def _check_sbert_state(state, shapes, path: Path) -> ConversionReport:
+    missing = [k for k in shapes if k not in state and not k.startswith(OPTIONAL_PREFIXES)]
+    unexpected = [k for k in state if k not in shapes]
+    mismatched = [k for k in state if k in shapes and tuple(state[k].shape) != shapes[k]]
+    if missing or unexpected or mismatched:
+        raise WeightMismatchError(
+            f"{path}: model.safetensors does not match config.json — missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}"
+        )
+    heads = [task for task, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
+    return ConversionReport(
+        mapped=len(state), heads=heads, missing_optional=sorted(k for k in shapes if k not in state)
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    checkpoint: Checkpoint
+    initialized: list[str]  # parameters not in the checkpoint, freshly initialised (a new head)
+
+
+def load_for_task(
+    model: str | Path,
+    task: str = "base",
+    labels: list[str] | None = None,
+    allow_new_head: bool = False,
+) -> LoadedModel:
+    """Build the model for `task` ("base", "mlm", "cls") and load the checkpoint into it.
+
+    A head the checkpoint lacks is an error unless allow_new_head (training), in which case it is
+    initialised fresh and listed in `initialized`. `labels` gives a classifier its label names; a
+    checkpoint whose classifier has other labels gets a new head only when allow_new_head.
+    """
+    if task not in ("base", "mlm", "cls"):
+        raise ValueError(f"unknown task {task!r}")
+    ck = read_checkpoint(model)
+    config = ck.config
+    state = dict(ck.state)
+    if task == "cls":
+        if labels is not None and config.labels != list(labels):
+            if "cls" in ck.heads and not allow_new_head:
+                raise ModelLoadError(
+                    f"{ck.path}: its classifier has labels {config.labels}, not {list(labels)}"
+                )
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            config = config.with_labels(list(labels))
+        if not config.num_labels:
+            raise ModelLoadError(f"{ck.path}: has no classifier labels (id2label); train one with sbert train-cls")
+    net = build_model(config, task)
+    if task == "base":
+        state = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
+    wanted = net.state_dict().keys()
+    state = {k: v for k, v in state.items() if k in wanted}
+    initialized = sorted(set(wanted) - set(state))
+    not_head = [k for k in initialized if not k.startswith(("mlm_head.", "classifier.", "pooler.", "bert.pooler."))]
+    if not_head:  # read_checkpoint checked the encoder; this would be our own bug
+        raise WeightMismatchError(f"{ck.path}: missing {not_head[:5]}")
+    head_missing = [k for k in initialized if not k.startswith(("pooler.", "bert.pooler."))]
+    if head_missing and not allow_new_head:
+        what = {"mlm": "masked-LM head (cls.predictions.*)", "cls": "classification head"}.get(task, "head")
+        raise ModelLoadError(
+            f"{ck.path}: has no {what}; it cannot predict with it. Train one (sbert pretrain / sbert train-cls) "
+            "or use a checkpoint that ships it"
+        )
+    net.load_state_dict(state, strict=False)
+    net.eval()
+    return LoadedModel(net, ck, initialized)
+
+
+def load_model(path_or_repo: str | Path, task: str = "base") -> nn.Module:
+    """A model in eval mode: task "base" (BertModel), "mlm" (BertForMaskedLM) or "cls" (classifier)."""
+    return load_for_task(path_or_repo, task).model
+
+
+def load_tokenizer(path_or_repo: str | Path) -> BertTokenizer:
+    """The tokenizer of a model dir or repo id, or of a vocab.txt file."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_file():
+        return BertTokenizer.from_vocab(path)
+    return BertTokenizer.from_model_dir(resolve_model_dir(path_or_repo))
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters under our canonical names (a bare BertModel gets the `bert.` prefix)."""
+    from sbert_cli.model import BertModel
+
+    state = model.state_dict()
+    if isinstance(model, BertModel):
+        state = {f"bert.{k}": v for k, v in state.items()}
+    return state
+
+
+def save_model_dir(
+    out_dir: str | Path,
+    config: BertConfig,
+    state: dict[str, torch.Tensor],
+    tokenizer: BertTokenizer,
+    task: str,
+    source: str | None = None,
+    extra_meta: dict | None = None,
+) -> Path:
+    """Write an sbert model dir atomically: into a temporary sibling, then renamed into place."""
+    from safetensors.torch import save_file
+
+    from sbert_cli import __version__
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    config.save(tmp / "config.json")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
+        shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
+    else:
+        ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
+        (tmp / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
+    (tmp / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in tensors)]
+    meta = {
+        "format": FORMAT_VERSION,
+        "sbert_version": __version__,
+        "task": task,
+        "heads": heads,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_meta or {}),
+    }
+    (tmp / SBERT_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`, replacing an existing `target` with as short a window as two renames allow."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def save_model(model: nn.Module, out_dir: str | Path, tokenizer: BertTokenizer, task: str, **kwargs) -> Path:
+    """save_model_dir for a live model."""
+    return save_model_dir(out_dir, model.config, full_state_dict(model), tokenizer, task, **kwargs)

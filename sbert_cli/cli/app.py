@@ -1,0 +1,61 @@
+"""The Typer app and what every command shares: the console and the error boundary.
+
+Library code raises SbertError; here, and only here, it becomes one line on stderr and exit code 1.
+Command modules import heavy libraries (torch) inside their functions so `sbert --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from sbert_cli.errors import SbertError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> "typer.Exit":
+    """Print one error line and return the exit to raise."""
+    click.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+class SbertGroup(TyperGroup):
+    """Turns SbertError (and a broken pipe) into a one-line message and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SbertError as e:
+            raise fail(str(e)) from None
+        except BrokenPipeError:
+            # `sbert predict ... | head`: the reader went away; exit quietly.
+            sys.stderr.close()
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=SbertGroup,
+    name="sbert",
+    help="Chinese BERT toolkit: download, convert-weights, make-mlm-data, pretrain, train-cls, eval, predict, fill-mask, demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from sbert_cli import __version__
+
+        console.print(f"sbert {__version__}")
+        raise typer.Exit(0)

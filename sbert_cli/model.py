@@ -1,0 +1,199 @@
+"""BERT in one file: embeddings, self-attention (SDPA), post-LN layers, pooler, and the MLM and classification heads.
+
+Shapes: B batch, T tokens, H hidden size, nh heads, hs head size (H = nh * hs), V vocab, M masked positions.
+Parameter names are ours (snake_case); hf_weights.py maps Hugging Face's names onto them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbert_cli.config import BertConfig
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact, erf-based: what Google's BERT checkpoints were trained with
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:T]  # (B, T, H) + (T, H)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(H, H)
+        self.key = nn.Linear(H, H)
+        self.value = nn.Linear(H, H)
+        self.output = nn.Linear(H, H)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        nh = self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, nh, H // nh).transpose(1, 2)  # (B, nh, T, hs)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return self.output(y.transpose(1, 2).reshape(B, T, H))
+
+
+class Layer(nn.Module):
+    """Post-LN transformer layer, as in the original BERT: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(H, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, H)
+        self.output_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+        return self.output_norm(x + self.dropout(self.output(self.act(self.intermediate(x)))))
+
+
+class BertModel(nn.Module):
+    """The encoder. forward returns (sequence_output (B, T, H), pooled_output (B, H))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden state (B, T, H), without the pooler."""
+        x = self.embeddings(input_ids, token_type_ids)
+        attn_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # True = attend. (B, 1, 1, T) broadcasts over heads and query positions.
+            attn_mask = attention_mask.bool()[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return x
+
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler(sequence_output[:, 0]))  # the [CLS] vector, (B, H)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        return x, self.pool(x)
+
+
+class MLMHead(nn.Module):
+    """dense -> act -> LayerNorm -> decoder. The decoder is the word embedding matrix (weight tying), plus a bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.layer_norm(self.act(self.dense(x))), word_embeddings, self.bias)
+
+
+class BertForMaskedLM(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm_head = MLMHead(config)
+        self.mlm_head.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V); given masked_positions (B, M) of token indices, only there: (B, M, V).
+
+        Pretraining passes masked_positions so no (B, T, V) tensor is ever built: with T=128 and
+        15% masking that is about 7x less work and memory in the head.
+        """
+        x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        if masked_positions is not None:
+            x = torch.gather(x, 1, masked_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, H)
+        return self.mlm_head(x, self.bert.embeddings.word_embeddings.weight)
+
+
+class BertForSequenceClassification(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not config.num_labels:
+            raise ValueError("BertForSequenceClassification needs config.id2label")
+        self.config = config
+        self.bert = BertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Logits (B, num_labels)."""
+        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(pooled))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "cls": BertForSequenceClassification}
+
+
+def build_model(config: BertConfig, task: str) -> nn.Module:
+    return TASKS[task](config)

@@ -1,0 +1,9 @@
+"""Files shipped inside the package (see resources/README.md for their sources)."""
+
+from pathlib import Path
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+CHINESE_VOCAB = RESOURCES / "chinese-bert-vocab.txt"
+THUCNEWS_TRAIN = RESOURCES / "thucnews-train.txt"
+THUCNEWS_DEV = RESOURCES / "thucnews-dev.txt"
+THUCNEWS_CLASSES = RESOURCES / "thucnews-class.txt"

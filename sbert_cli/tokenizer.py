@@ -1,0 +1,121 @@
+"""WordPiece tokenizer on the Rust `tokenizers` library, reproducing transformers' BertTokenizer.
+
+The pipeline is BERT's: clean text, split CJK characters, lower-case and strip accents, split on
+whitespace and punctuation, then greedy longest-match WordPiece against vocab.txt. Special tokens
+written literally in the text (a "[MASK]" typed by the user) are kept as single tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+from sbert_cli.errors import ModelLoadError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def read_vocab(path: str | Path) -> dict[str, int]:
+    """vocab.txt as {token: id}; a token listed twice keeps its last id, as transformers does."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: vocab file not found") from None
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{path}: vocab is not UTF-8 ({e})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    vocab = {token.rstrip("\r"): i for i, token in enumerate(lines)}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ModelLoadError(f"{path}: vocab lacks the special tokens {', '.join(missing)}; is this a BERT vocab.txt?")
+    return vocab
+
+
+class BertTokenizer:
+    """BERT WordPiece tokenizer. Build it with `BertTokenizer.from_vocab(path)` or `load_tokenizer`."""
+
+    def __init__(self, vocab: dict[str, int], do_lower_case: bool = True, vocab_path: Path | None = None):
+        self.vocab = vocab
+        self.vocab_path = vocab_path
+        self.do_lower_case = do_lower_case
+        self.ids_to_tokens = {i: t for t, i in vocab.items()}
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (vocab[t] for t in SPECIAL_TOKENS)
+        self.special_ids = frozenset((self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id))
+
+        tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=do_lower_case
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        tok.add_special_tokens(list(SPECIAL_TOKENS))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)],
+        )
+        self.backend = tok
+
+    @classmethod
+    def from_vocab(cls, path: str | Path, do_lower_case: bool = True) -> "BertTokenizer":
+        path = Path(path)
+        return cls(read_vocab(path), do_lower_case=do_lower_case, vocab_path=path)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> "BertTokenizer":
+        """vocab.txt of a model dir; honours do_lower_case from tokenizer_config.json when present."""
+        model_dir = Path(model_dir)
+        vocab = model_dir / "vocab.txt"
+        if not vocab.is_file():
+            raise ModelLoadError(f"{model_dir}: no vocab.txt; copy the checkpoint's vocab.txt there or pass --vocab")
+        do_lower_case = True
+        tok_config = model_dir / "tokenizer_config.json"
+        if tok_config.is_file():
+            try:
+                do_lower_case = bool(json.loads(tok_config.read_text(encoding="utf-8")).get("do_lower_case", True))
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                pass
+        return cls.from_vocab(vocab, do_lower_case=do_lower_case)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def _encodings(self, texts, pairs=None, max_length=None, add_special_tokens=True) -> list[Encoding]:
+        if max_length:
+            self.backend.enable_truncation(max_length, strategy="longest_first")
+        else:
+            self.backend.no_truncation()
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+    def encode(self, texts: list[str], max_length: int | None = None, pairs: list[str] | None = None) -> list[list[int]]:
+        """Token ids with [CLS]/[SEP] for each text (or text pair), truncated to max_length when given."""
+        return [e.ids for e in self._encodings(texts, pairs, max_length)]
+
+    def encode_batch(
+        self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None, add_special_tokens=True
+    ) -> list[Encoding]:
+        """Full encodings: ids, type_ids, tokens and character offsets into the original text."""
+        return self._encodings(texts, pairs, max_length, add_special_tokens)
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of one text, without [CLS]/[SEP]."""
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [self.ids_to_tokens.get(int(i), "[UNK]") for i in ids]
+
+    def convert_tokens_to_ids(self, tokens) -> list[int]:
+        return [self.vocab.get(t, self.unk_id) for t in tokens]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
