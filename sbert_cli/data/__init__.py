@@ -1,0 +1,1 @@
+"""Data: raw text input, segmentation, masking, MLM shards, classification readers, batching."""

@@ -1,0 +1,265 @@
+"""Streaming raw-text input for make-mlm-data: plain text, TSV and JSONL files, optionally gzipped.
+
+Files are read as bytes line by line, so memory does not depend on the file's size. A UTF-8 BOM and
+CRLF line ends are accepted. Bad lines (invalid UTF-8, NUL bytes, malformed TSV/JSONL rows, empty
+rows) are either an error naming file and line, or skipped and counted, per kind of problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from sbert_cli.errors import ConfigError, DataError
+
+FORMATS = ("auto", "txt", "tsv", "jsonl")
+BAD_LINE_POLICIES = ("error", "skip")
+# What happens to each kind of bad line when --on-bad-lines is not given.
+DEFAULT_BAD_LINE_POLICY = {"encoding": "error", "malformed": "error", "empty": "skip"}
+BAD_LINE_HINTS = {
+    "encoding": "save the file as UTF-8 or pass --on-bad-lines skip",
+    "malformed": "fix the row or pass --on-bad-lines skip",
+    "empty": "remove the line or pass --on-bad-lines skip",
+}
+DEFAULT_TEXT_FIELD = "text"
+SNIFF_LINES = 64
+MAX_EXAMPLES = 5
+PROGRESS_EVERY = 4096  # lines between updates of bytes_read (tell() on a gzip stream is not free)
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw: counted lines and where the skipped ones were."""
+
+    lines: int = 0  # lines that gave text
+    blank_lines: int = 0  # blank lines of plain-text files: document breaks, not errors
+    skipped_lines: int = 0
+    skipped_by_kind: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)  # "file:line: reason", the first few
+    bytes_read: int = 0
+    total_bytes: int = 0
+
+
+def input_format(path: Path) -> str:
+    """txt, tsv or jsonl from the file name (a .gz suffix is looked through); txt when unknown."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    return "txt"
+
+
+def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """(line stream, underlying file whose tell() measures progress through the file on disk)."""
+    raw = open(path, "rb")
+    if path.suffix.lower() == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+def check_input_files(paths: list[Path]) -> list[Path]:
+    """Existing, non-empty, readable files; DataError naming the first that is not."""
+    if not paths:
+        raise ConfigError("no input files given")
+    checked = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory; give text files (.txt, .tsv, .jsonl, optionally .gz)")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty")
+        checked.append(path)
+    return checked
+
+
+class TextReader:
+    """Iterates (text, starts_document) over the lines of several files, counting what it skips.
+
+    A blank line in a plain-text file separates documents; a TSV row or JSONL object is a document
+    of its own. `stats` is filled while iterating.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        format: str = "auto",
+        text_column: int | None = None,
+        text_field: str | None = None,
+        on_bad_lines: str | None = None,
+    ):
+        if format not in FORMATS:
+            raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        if on_bad_lines is not None and on_bad_lines not in BAD_LINE_POLICIES:
+            raise ConfigError(f"--on-bad-lines must be one of {', '.join(BAD_LINE_POLICIES)}, not {on_bad_lines!r}")
+        if text_column is not None and text_column < 0:
+            raise ConfigError(f"--text-column is a 0-based column index, not {text_column}")
+        self.paths = check_input_files(paths)
+        self.format = format
+        self.text_column = text_column
+        self.text_field = text_field
+        self.policy = {kind: on_bad_lines or default for kind, default in DEFAULT_BAD_LINE_POLICY.items()}
+        self.stats = ReadStats(total_bytes=sum(p.stat().st_size for p in self.paths))
+
+    def file_format(self, path: Path) -> str:
+        """The format this reader uses for `path`: --format, else the suffix, else a look at its first lines."""
+        if self.format != "auto":
+            return self.format
+        if self.text_field is not None:
+            return "jsonl"
+        guessed = input_format(path)
+        if guessed != "txt":
+            return guessed
+        if self.text_column is not None:
+            return "tsv"
+        return "tsv" if self._looks_tab_separated(path) else "txt"
+
+    def _looks_tab_separated(self, path: Path) -> bool:
+        # Only when every sampled line has a tab: a plain-text file with a stray tab stays plain text.
+        sampled = 0
+        stream, raw = open_binary(path)
+        with raw, stream:
+            try:
+                for line in stream:
+                    if not line.strip():
+                        continue
+                    if b"\t" not in line:
+                        return False
+                    sampled += 1
+                    if sampled >= SNIFF_LINES:
+                        break
+            except (OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read the file ({e})") from None
+        return sampled > 0
+
+    def _bad_line(self, path: Path, line_number: int, kind: str, reason: str) -> None:
+        where = f"{path}:{line_number}: {reason}"
+        if self.policy[kind] == "error":
+            raise DataError(f"{where}; {BAD_LINE_HINTS[kind]}")
+        stats = self.stats
+        stats.skipped_lines += 1
+        stats.skipped_by_kind[kind] = stats.skipped_by_kind.get(kind, 0) + 1
+        if len(stats.skipped_examples) < MAX_EXAMPLES:
+            stats.skipped_examples.append(where)
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        bytes_before = 0
+        for path in self.paths:
+            size = path.stat().st_size
+            yield from self._read_file(path, bytes_before)
+            bytes_before += size
+            self.stats.bytes_read = bytes_before
+
+    def _read_file(self, path: Path, bytes_before: int) -> Iterator[tuple[str, bool]]:
+        fmt = self.file_format(path)
+        stats = self.stats
+        column = self.text_column or 0
+        text_field = self.text_field or DEFAULT_TEXT_FIELD
+        expected_columns = None
+        new_document = True
+        line_number = 0
+        stream, raw_file = open_binary(path)
+        with raw_file, stream:
+            try:
+                for line_number, raw in enumerate(stream, start=1):
+                    if line_number % PROGRESS_EVERY == 0:
+                        stats.bytes_read = bytes_before + raw_file.tell()
+                    if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                        raw = raw[3:]
+                    raw = raw.rstrip(b"\r\n")
+                    if b"\x00" in raw:
+                        self._bad_line(path, line_number, "encoding", "NUL byte (is this a binary or UTF-16 file?)")
+                        continue
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        self._bad_line(path, line_number, "encoding", _describe_decode_error(raw, e))
+                        continue
+                    if fmt == "txt":
+                        if not line.strip():
+                            stats.blank_lines += 1
+                            new_document = True
+                            continue
+                        text = line
+                    elif fmt == "tsv":
+                        if not line.strip():
+                            self._bad_line(path, line_number, "empty", "empty line")
+                            continue
+                        columns = line.split("\t")
+                        if expected_columns is None:
+                            expected_columns = len(columns)
+                            if column >= expected_columns:
+                                self._bad_line(
+                                    path, line_number, "malformed",
+                                    f"no column {column} (the row has {len(columns)} tab-separated columns; "
+                                    "--text-column is 0-based)",
+                                )
+                                expected_columns = None
+                                continue
+                        elif len(columns) != expected_columns:
+                            self._bad_line(
+                                path, line_number, "malformed",
+                                f"expected {expected_columns} tab-separated columns like the first row, found {len(columns)}",
+                            )
+                            continue
+                        text = columns[column]
+                        if not text.strip():
+                            self._bad_line(path, line_number, "empty", f"empty text in column {column}")
+                            continue
+                    else:
+                        if not line.strip():
+                            self._bad_line(path, line_number, "empty", "empty line")
+                            continue
+                        text = self._json_text(path, line_number, line, text_field)
+                        if text is None:
+                            continue
+                    stats.lines += 1
+                    yield text, new_document
+                    new_document = fmt != "txt"
+            except (OSError, EOFError) as e:  # truncated or corrupt gzip
+                raise DataError(f"{path}:{line_number + 1}: cannot read the file ({e})") from None
+        if line_number == 0:
+            raise DataError(f"{path}: the file is empty")
+
+    def _json_text(self, path: Path, line_number: int, line: str, text_field: str) -> str | None:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            self._bad_line(path, line_number, "malformed", f"not valid JSON ({e.msg} at column {e.colno})")
+            return None
+        if not isinstance(record, dict):
+            self._bad_line(path, line_number, "malformed", f"expected a JSON object with a {text_field!r} field")
+            return None
+        text = record.get(text_field)
+        if text is None:
+            self._bad_line(path, line_number, "malformed", f"no {text_field!r} field (use --text-field to pick another)")
+            return None
+        if not isinstance(text, str):
+            self._bad_line(path, line_number, "malformed", f"field {text_field!r} is not a string")
+            return None
+        if not text.strip():
+            self._bad_line(path, line_number, "empty", f"empty {text_field!r} field")
+            return None
+        if "\\u" in line:  # a \ud800-style escape decodes to a lone surrogate, which no tokenizer accepts
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                self._bad_line(path, line_number, "encoding", "a \\u escape encodes half a character (lone surrogate)")
+                return None
+        return text
+
+
+def _describe_decode_error(raw: bytes, error: UnicodeDecodeError) -> str:
+    reason = f"invalid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1})"
+    try:
+        raw.decode("gbk")
+    except UnicodeDecodeError:
+        return reason
+    return f"{reason}; it looks like GBK: convert with `iconv -f GBK -t UTF-8`"

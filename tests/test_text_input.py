@@ -1,0 +1,181 @@
+"""Raw text input: formats, encodings, line ends, and bad lines as file:line errors or counted skips."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sbert_cli.cli import app
+from sbert_cli.data.shards import MLMShards
+from sbert_cli.data.text_input import TextReader
+from sbert_cli.errors import ConfigError, DataError
+
+
+def read_all(*paths, **options):
+    reader = TextReader(list(paths), **options)
+    return list(reader), reader.stats
+
+
+def test_plain_text_blank_lines_separate_documents(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("第一句。\n第二句。\n\n  \n第三句。\n", encoding="utf-8")
+    lines, stats = read_all(path)
+    assert lines == [("第一句。", True), ("第二句。", False), ("第三句。", True)]
+    assert stats.lines == 3 and stats.blank_lines == 2 and stats.skipped_lines == 0
+
+
+def test_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes("\ufeff你好世界\r\n再见\r\n".encode("utf-8"))
+    lines, _ = read_all(path)
+    assert [text for text, _ in lines] == ["你好世界", "再见"]
+
+
+def test_tab_separated_txt_is_read_as_tsv_first_column(tmp_path, thucnews_train):
+    path = tmp_path / "head.txt"
+    path.write_text("".join(thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8")
+    lines, _ = read_all(path)
+    assert lines[0] == ("34家公司变脸 业绩向上修正股九成跑赢大盘", True)
+    assert all(starts for _, starts in lines)  # each TSV row is its own document
+    second, _ = read_all(path, text_column=1)
+    assert [text for text, _ in second] == ["2", "9", "0"]
+
+
+def test_a_stray_tab_does_not_make_plain_text_tsv(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_text("有\t制表符\n没有制表符\n", encoding="utf-8")
+    lines, _ = read_all(path)
+    assert [text for text, _ in lines] == ["有\t制表符", "没有制表符"]
+
+
+def test_jsonl_and_gzip(tmp_path):
+    path = tmp_path / "data.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"content": "北京欢迎你", "id": 1}, ensure_ascii=False) + "\n")
+        f.write(json.dumps({"content": "上海"}, ensure_ascii=False) + "\n")
+    lines, _ = read_all(path, text_field="content")
+    assert [text for text, _ in lines] == ["北京欢迎你", "上海"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("gbk.txt", "好的\n".encode("utf-8") + "中文".encode("gbk") + b"\n", r"gbk.txt:2: invalid UTF-8.*GBK"),
+        ("nul.txt", b"ok\nfine\nbad\x00line\n", r"nul.txt:3: NUL byte"),
+        ("rows.tsv", "a\t1\nb\t2\nc\t3\textra\n".encode(), r"rows.tsv:3: expected 2 tab-separated columns.*found 3"),
+        ("broken.jsonl", b'{"text": "ok"}\n{"text": "unterminated\n', r"broken.jsonl:2: not valid JSON"),
+        ("field.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', r"field.jsonl:2: no 'text' field"),
+        ("surrogate.jsonl", b'{"text": "ok"}\n{"text": "\\ud800x"}\n', r"surrogate.jsonl:2: .*lone surrogate"),
+    ],
+    ids=["gbk", "nul", "tsv-columns", "broken-json", "missing-field", "lone-surrogate"],
+)
+def test_bad_lines_are_errors_naming_file_and_line_by_default(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_all(path)
+
+
+def test_skip_counts_bad_lines_and_keeps_the_first_locations(tmp_path):
+    path = tmp_path / "messy.tsv"
+    path.write_bytes(b"good\t1\n\xb9\xfe\t2\n\nbad\x00\t3\nfine\t4\nx\t5\t6\n")
+    lines, stats = read_all(path, on_bad_lines="skip")
+    assert [text for text, _ in lines] == ["good", "fine"]
+    assert stats.skipped_lines == 4
+    assert stats.skipped_by_kind == {"encoding": 2, "empty": 1, "malformed": 1}
+    assert stats.skipped_examples[0].startswith(f"{path}:2: invalid UTF-8")
+    assert len(stats.skipped_examples) == 4
+
+
+def test_empty_rows_are_skipped_by_default_and_errors_when_asked(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text('{"text": "一"}\n\n{"text": "  "}\n{"text": "二"}\n', encoding="utf-8")
+    lines, stats = read_all(path)
+    assert [text for text, _ in lines] == ["一", "二"] and stats.skipped_by_kind == {"empty": 2}
+    with pytest.raises(DataError, match=r"gaps.jsonl:2: empty line"):
+        read_all(path, on_bad_lines="error")
+
+
+def test_missing_empty_and_directory_inputs(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        TextReader([tmp_path / "missing.txt"])
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.txt: the file is empty"):
+        TextReader([tmp_path / "empty.txt"])
+    with pytest.raises(DataError, match="is a directory"):
+        TextReader([tmp_path])
+    with pytest.raises(ConfigError):
+        TextReader([tmp_path / "x"], on_bad_lines="ignore")
+
+
+# --- through the CLI: exit code 1 and one line, or a counted skip; never a traceback ---------------
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, ["make-mlm-data", *map(str, args)])
+
+
+def assert_one_line_error(result, pattern: str):
+    import re
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    "name, content, pattern",
+    [
+        ("empty.txt", b"", r"empty.txt: the file is empty"),
+        ("gbk.txt", "中文句子\n".encode("gbk"), r"gbk.txt:1: invalid UTF-8.*iconv"),
+        ("nul.txt", b"ok\n\x00\x00\x00\n", r"nul.txt:2: NUL byte"),
+        ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', r"broken.jsonl:2: not valid JSON"),
+        ("columns.tsv", "甲\t1\n乙\n".encode(), r"columns.tsv:2: expected 2 tab-separated columns"),
+        ("blank.txt", b"\n\n  \n", r"no text to make sequences from"),
+    ],
+    ids=["empty", "gbk", "nul", "broken-json", "tsv-columns", "only-blank-lines"],
+)
+def test_cli_bad_input_is_one_line_error(tmp_path, name, content, pattern):
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = run_cli(path, "--out", tmp_path / "out")
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "out").exists()  # no half-written output left behind
+
+
+def test_cli_missing_input_and_existing_output(tmp_path):
+    assert_one_line_error(run_cli(tmp_path / "nope.txt", "--out", tmp_path / "o"), r"nope.txt: no such file")
+    source = tmp_path / "a.txt"
+    source.write_text("你好\n", encoding="utf-8")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    assert_one_line_error(run_cli(source, "--out", tmp_path / "taken"), r"taken: .*not empty.*--force")
+    assert_one_line_error(run_cli(source, "--vocab", source, "--model", tmp_path), r"--model or --vocab")
+
+
+def test_cli_skip_reports_counted_bad_lines_with_locations(tmp_path):
+    path = tmp_path / "messy.txt"
+    path.write_bytes("第一行\n".encode() + "第二行".encode("gbk") + b"\n\x00\n" + "第四行\n".encode())
+    result = run_cli(path, "--out", tmp_path / "out", "--on-bad-lines", "skip")
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 bad lines" in result.stdout and f"{path}:2: invalid UTF-8" in result.stdout
+    manifest = MLMShards(tmp_path / "out").manifest
+    assert manifest["counts"]["lines"] == 2 and manifest["counts"]["skipped_lines"] == 2
+
+
+def test_cli_bom_and_crlf_give_the_same_data_as_clean_utf8(tmp_path):
+    clean, windows = tmp_path / "clean.txt", tmp_path / "windows.txt"
+    clean.write_text("今天天气很好。\nBERT 模型\n", encoding="utf-8")
+    windows.write_bytes("\ufeff今天天气很好。\r\nBERT 模型\r\n".encode("utf-8"))
+    assert run_cli(clean, "--out", tmp_path / "a", "--no-mask").exit_code == 0
+    assert run_cli(windows, "--out", tmp_path / "b", "--no-mask").exit_code == 0
+    a, b = MLMShards(tmp_path / "a"), MLMShards(tmp_path / "b")
+    assert len(a) == len(b) == 2
+    for i in range(2):
+        assert a[i].input_ids.tolist() == b[i].input_ids.tolist()
+        assert a[i].word_ids.tolist() == b[i].word_ids.tolist()
