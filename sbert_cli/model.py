@@ -23,10 +23,17 @@ ACTIVATIONS = {
 class Embeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        H = config.hidden_size
+        # init_weights initialises the tables; passing _weight skips nn.Embedding's own N(0, 1) fill, which is
+        # wasted work, and on the meta device (checkpoint.expected_shapes) costs seconds: normal_ imports torch._dynamo.
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, H, padding_idx=config.pad_token_id, _weight=torch.empty(config.vocab_size, H)
+        )
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, H, _weight=torch.empty(config.max_position_embeddings, H)
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H, _weight=torch.empty(config.type_vocab_size, H))
+        self.layer_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -178,6 +185,8 @@ class BertForSequenceClassification(nn.Module):
 
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+    if any(p.is_meta for p in module.parameters(recurse=False)):
+        return  # a shapes-only model has no values to set
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=std)
         if module.bias is not None:

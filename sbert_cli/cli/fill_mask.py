@@ -1,0 +1,76 @@
+"""sbert fill-mask: the most probable tokens (or whole words, --joint) for every [MASK]."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from sbert_cli.cli.app import app, console
+from sbert_cli.hub import DEFAULT_REPO  # hub imports huggingface_hub only when called, so this stays light
+
+
+@app.command("fill-mask")
+def fill_mask_command(
+    texts: Optional[list[str]] = typer.Argument(None, metavar="TEXT...", help="Texts with [MASK] where tokens are to be predicted."),
+    model: str = typer.Option(DEFAULT_REPO, "--model", "-m", help="Model dir (sbert or HF) or hub repo id."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per mask."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per text instead of tables."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="Read texts from this file, one per line ('-': stdin)."),
+    joint: bool = typer.Option(
+        False, "--joint", help="Decode consecutive [MASK]s together and rank whole words (most confident first)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Predict the tokens behind [MASK]: top-k candidates with probabilities (softmax over the vocab).
+
+    Texts come from the arguments, --file, or stdin (one per line). With --joint, each run of
+    consecutive [MASK]s is filled as one word: the most confident position first, then the model is
+    run again with it filled in, keeping the best partial words (a beam of at least 8); a word's score
+    is the product of the probabilities of its tokens when each was chosen.
+    """
+    from sbert_cli.fill_mask import read_texts, run_fill_mask
+
+    all_texts, origins = read_texts(texts or [], file)
+    results = run_fill_mask(
+        model, all_texts, top_k=top_k, joint=joint, origins=origins, batch_size=batch_size, device=device
+    )
+
+    if as_json:
+        for result in results:
+            print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    from rich.markup import escape
+
+    for result in results:
+        console.print(f"[bold]{escape(result.text)}[/]", soft_wrap=True)
+        console.print(_table(result, joint))
+
+
+def _table(result, joint: bool):
+    """A row per rank, a column per [MASK] (or per run of [MASK]s with --joint)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("rank", justify="right", style="dim")
+    columns = []
+    if joint:
+        for span in result.spans:
+            where = str(span.positions[0]) if len(span.positions) == 1 else f"{span.positions[0]}-{span.positions[-1]}"
+            table.add_column(escape(f"[MASK]×{len(span.positions)} @ {where}"))
+            columns.append([(c.word, c.score) for c in span.candidates])
+    else:
+        for mask in result.masks:
+            table.add_column(escape(f"[MASK] @ {mask.position}"))
+            columns.append([(c.token, c.score) for c in mask.candidates])
+    for rank in range(max(len(c) for c in columns)):
+        cells = [f"{escape(col[rank][0])}  [cyan]{_score(col[rank][1])}[/]" if rank < len(col) else "" for col in columns]
+        table.add_row(str(rank + 1), *cells)
+    return table
+
+
+def _score(probability: float) -> str:
+    return f"{probability:.4f}" if probability >= 1e-3 else f"{probability:.1e}"

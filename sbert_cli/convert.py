@@ -1,0 +1,147 @@
+"""convert-weights: a Hugging Face BERT dir to an sbert model dir, and an sbert model dir back to one transformers loads.
+
+Both directions go through hf_weights.py's one name table, so what `sbert` loads in memory for every
+other command is exactly what this writes to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sbert_cli.checkpoint import (
+    Checkpoint,
+    load_for_task,
+    load_tokenizer,
+    read_checkpoint,
+    replace_dir,
+    resolve_model_dir,
+    save_model_dir,
+)
+from sbert_cli.errors import ConfigError
+from sbert_cli.fill_mask import ProbeResult, probe_mlm_head
+from sbert_cli.hf_weights import export_hf_state_dict
+from sbert_cli.tokenizer import BertTokenizer
+
+DIRECTIONS = ("sbert", "hf")
+# transformers class for the heads a checkpoint holds; the classifier wins when both are present.
+HF_ARCHITECTURES = (("cls", "BertForSequenceClassification"), ("mlm", "BertForMaskedLM"))
+OPTIONAL_PARTS = {
+    "bert.pooler.": "pooler (BertForMaskedLM checkpoints ship none; only the classifier uses it)",
+    "mlm_head.": "MLM head (cls.predictions.*): fill-mask and continued pretraining need one",
+    "classifier.": "classification head",
+}
+
+
+@dataclass
+class ConversionSummary:
+    """What convert_weights read and wrote, for the CLI to show."""
+
+    source: Path
+    destination: Path
+    to: str  # "sbert" or "hf"
+    source_format: str  # "sbert" or "hf"
+    tensors: int
+    parameters: int
+    heads: list[str]
+    dropped: dict[str, str]  # source key -> reason
+    missing_parts: list[str]  # optional parts the checkpoint lacks, described
+    files: list[str]
+    architecture: str | None = None  # the transformers class of an --to hf export
+    probe: ProbeResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_destination(destination: Path, source: Path, force: bool) -> None:
+    """Refuse to overwrite a non-empty destination unless forced, and never write over the source."""
+    if destination.exists() and not destination.is_dir():
+        raise ConfigError(f"{destination}: is a file; DST must be a folder to create")
+    if destination.exists() and destination.resolve() == source.resolve():
+        raise ConfigError(f"{destination}: is the source model dir; choose another DST")
+    if destination.is_dir() and any(destination.iterdir()) and not force:
+        raise ConfigError(f"{destination}: exists and is not empty; pass --force to replace it, or choose another DST")
+
+
+def hf_architecture(heads: list[str]) -> str:
+    return next((name for task, name in HF_ARCHITECTURES if task in heads), "BertModel")
+
+
+def convert_weights(
+    source: str | Path, destination: str | Path, to: str = "sbert", force: bool = False, probe: bool = True
+) -> ConversionSummary:
+    """Convert a model dir (HF or sbert, or a hub repo id) into an sbert model dir (to="sbert") or an HF dir (to="hf").
+
+    When the checkpoint has an MLM head, the written dir is loaded back and the head probed on built-in
+    sentences, so an untrained head is reported rather than silently converted.
+    """
+    if to not in DIRECTIONS:
+        raise ConfigError(f"--to must be one of {', '.join(DIRECTIONS)}, not {to!r}")
+    destination = Path(destination).expanduser()
+    source_dir = resolve_model_dir(source)
+    check_destination(destination, source_dir, force)
+    checkpoint = read_checkpoint(source_dir)
+    tokenizer = load_tokenizer(source_dir)
+    if to == "sbert":
+        task = next((t for t in ("mlm", "cls") if t in checkpoint.heads), "base")
+        save_model_dir(destination, checkpoint.config, checkpoint.state, tokenizer, task, source=str(source))
+        architecture = None
+    else:
+        architecture = hf_architecture(checkpoint.heads)
+        write_hf_dir(checkpoint, tokenizer, destination, architecture)
+    summary = ConversionSummary(
+        source=source_dir,
+        destination=destination,
+        to=to,
+        source_format=checkpoint.source_format,
+        tensors=len(checkpoint.state),
+        parameters=sum(t.numel() for t in checkpoint.state.values()),
+        heads=list(checkpoint.heads),
+        dropped=dict(checkpoint.report.dropped),
+        missing_parts=[
+            description
+            for prefix, description in OPTIONAL_PARTS.items()
+            if any(k.startswith(prefix) for k in checkpoint.report.missing_optional)
+        ],
+        files=sorted(p.name for p in destination.iterdir()),
+        architecture=architecture,
+    )
+    if architecture == "BertForMaskedLM" and any(k.startswith("bert.pooler.") for k in checkpoint.state):
+        summary.notes.append(
+            "bert.pooler.* kept: BertForMaskedLM.from_pretrained lists it as unexpected (it has no pooler); "
+            "BertForSequenceClassification.from_pretrained uses it"
+        )
+    if probe and "mlm" in checkpoint.heads:
+        loaded = load_for_task(destination, "mlm")  # the written dir, read back the way every command reads it
+        summary.probe = probe_mlm_head(loaded.model, load_tokenizer(destination))
+    return summary
+
+
+def write_hf_dir(checkpoint: Checkpoint, tokenizer: BertTokenizer, destination: Path, architecture: str) -> Path:
+    """Write config.json, model.safetensors (transformers' names), vocab.txt and tokenizer_config.json atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in export_hf_state_dict(checkpoint.state).items()}
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.parent / f".{destination.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        config = checkpoint.config.to_dict()
+        config["architectures"] = [architecture]
+        config["model_type"] = "bert"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
+        tokenizer_config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": tokenizer.do_lower_case,
+            "model_max_length": checkpoint.config.max_position_embeddings,
+        }
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+        replace_dir(tmp, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something above failed
+    return destination

@@ -1,0 +1,201 @@
+"""Our BERT against transformers' on the same random weights, loaded through checkpoint.load_for_task as the CLI does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_hf_checkpoint
+from sbert_cli.checkpoint import load_for_task, read_checkpoint
+from sbert_cli.errors import ModelLoadError
+
+transformers = pytest.importorskip("transformers")
+
+ATOL = 1e-5
+CONFIGS = {
+    "gelu-chinese-vocab": {},
+    "gelu_new-vocab-1000": dict(hidden_act="gelu_new", vocab_size=1000),
+    "relu-vocab-3001-3-types": dict(hidden_act="relu", vocab_size=3001, num_attention_heads=2, intermediate_size=48,
+                                    type_vocab_size=3),
+    "gelu_pytorch_tanh-3-layers": dict(hidden_act="gelu_pytorch_tanh", vocab_size=500, num_hidden_layers=3,
+                                       layer_norm_eps=1e-5, hidden_size=48, num_attention_heads=6),
+}
+
+
+def padded_batch(vocab_size: int, type_vocab_size: int = 2, seed: int = 0):
+    """(input_ids, attention_mask, token_type_ids): four rows of 11, 7, 3 and 11 real tokens, padded with 0."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([11, 7, 3, 11])
+    attention_mask = (torch.arange(11)[None, :] < lengths[:, None]).long()
+    input_ids = torch.randint(5, vocab_size, (4, 11), generator=generator) * attention_mask
+    token_type_ids = torch.randint(0, type_vocab_size, (4, 11), generator=generator) * attention_mask
+    return input_ids, attention_mask, token_type_ids
+
+
+def assert_matches(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape
+    diff = (ours - theirs).abs().max().item()
+    assert diff <= ATOL, f"max abs diff {diff:.2e}"
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS), ids=list(CONFIGS))
+def pretraining_dir(request, tmp_path_factory):
+    """A BertForPreTraining checkpoint (MLM head, pooler and NSP head) per config."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("parity") / request.param, "pretraining", seed=1,
+                              **CONFIGS[request.param])
+
+
+def hf_outputs(model_dir, batch):
+    reference = transformers.BertForPreTraining.from_pretrained(str(model_dir)).eval()
+    input_ids, attention_mask, token_type_ids = batch
+    with torch.no_grad():
+        base = reference.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        logits = reference(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).prediction_logits
+    return base.last_hidden_state, base.pooler_output, logits
+
+
+def test_base_and_mlm_outputs_match_transformers(pretraining_dir):
+    config = json.loads((pretraining_dir / "config.json").read_text())
+    batch = padded_batch(config["vocab_size"], config["type_vocab_size"])
+    hidden, pooled, logits = hf_outputs(pretraining_dir, batch)
+
+    base = load_for_task(pretraining_dir, "base").model
+    mlm = load_for_task(pretraining_dir, "mlm").model
+    with torch.no_grad():
+        our_hidden, our_pooled = base(*batch)
+        our_logits = mlm(*batch)
+    assert_matches(our_hidden, hidden)
+    assert_matches(our_pooled, pooled)
+    assert_matches(our_logits, logits)
+
+
+def test_logits_at_masked_positions_equal_the_full_logits(pretraining_dir):
+    config = json.loads((pretraining_dir / "config.json").read_text())
+    input_ids, attention_mask, token_type_ids = padded_batch(config["vocab_size"], config["type_vocab_size"])
+    mlm = load_for_task(pretraining_dir, "mlm").model
+    masked_positions = torch.tensor([[1, 5], [2, 6], [1, 2], [0, 10]])
+    with torch.no_grad():
+        full = mlm(input_ids, attention_mask, token_type_ids)
+        at_positions = mlm(input_ids, attention_mask, token_type_ids, masked_positions=masked_positions)
+    expected = torch.gather(full, 1, masked_positions[..., None].expand(-1, -1, full.shape[-1]))
+    torch.testing.assert_close(at_positions, expected, atol=1e-6, rtol=0)
+
+
+def test_unpadded_batch_without_attention_mask_matches_transformers(hf_mlm_dir):
+    reference = transformers.BertForMaskedLM.from_pretrained(str(hf_mlm_dir)).eval()
+    input_ids = torch.randint(5, 21128, (3, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference(input_ids).logits
+        ours = load_for_task(hf_mlm_dir, "mlm").model(input_ids)
+        ours_with_full_mask = load_for_task(hf_mlm_dir, "mlm").model(input_ids, torch.ones_like(input_ids))
+    assert_matches(ours, expected)
+    assert torch.equal(ours, ours_with_full_mask)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_classifier_logits_match_transformers(tmp_path, act):
+    labels = {0: "finance", 1: "sports", 2: "game", 3: "tech"}
+    model_dir = make_hf_checkpoint(tmp_path / "cls", "cls", seed=2, hidden_act=act, id2label=labels)
+    reference = transformers.BertForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    batch = padded_batch(21128)
+    with torch.no_grad():
+        expected = reference(batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits
+    loaded = load_for_task(model_dir, "cls")
+    with torch.no_grad():
+        logits = loaded.model(*batch)
+    assert_matches(logits, expected)
+    assert loaded.model.config.labels == list(labels.values())
+
+
+def test_pretraining_checkpoint_drops_only_the_nsp_head(pretraining_dir):
+    checkpoint = read_checkpoint(pretraining_dir)
+    assert set(checkpoint.report.dropped) == {"cls.seq_relationship.weight", "cls.seq_relationship.bias"}
+    assert "next-sentence" in checkpoint.report.dropped["cls.seq_relationship.weight"]
+    assert checkpoint.heads == ["mlm"]
+
+
+def test_plain_bert_model_checkpoint_loads_without_inventing_a_head(tmp_path):
+    model_dir = make_hf_checkpoint(tmp_path / "base", "base", seed=4)
+    reference = transformers.BertModel.from_pretrained(str(model_dir)).eval()
+    batch = padded_batch(21128)
+    with torch.no_grad():
+        expected = reference(batch[0], attention_mask=batch[1], token_type_ids=batch[2])
+        hidden, pooled = load_for_task(model_dir, "base").model(*batch)
+    assert_matches(hidden, expected.last_hidden_state)
+    assert_matches(pooled, expected.pooler_output)
+    checkpoint = read_checkpoint(model_dir)
+    assert checkpoint.heads == []
+    assert any(k.startswith("mlm_head.") for k in checkpoint.report.missing_optional)
+    with pytest.raises(ModelLoadError, match="no masked-LM head"):
+        load_for_task(model_dir, "mlm")
+
+
+def _rewrite_weights(source_dir, target_dir, rename=lambda name: name, as_bin=True):
+    """Copy a checkpoint with its tensors renamed, saved as pytorch_model.bin (or safetensors)."""
+    target_dir.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copyfile(source_dir / name, target_dir / name)
+    state = {rename(k): v for k, v in load_file(str(source_dir / "model.safetensors")).items()}
+    if as_bin:
+        torch.save(state, target_dir / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(target_dir / "model.safetensors"))
+    return target_dir
+
+
+def _legacy_layer_norm_names(name: str) -> str:
+    if ".LayerNorm." in name:
+        return name.replace(".LayerNorm.weight", ".LayerNorm.gamma").replace(".LayerNorm.bias", ".LayerNorm.beta")
+    return name
+
+
+def _mlm_reference_logits(model_dir, batch):
+    reference = transformers.BertForMaskedLM.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        return reference(batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits
+
+
+@pytest.mark.parametrize("variant", ["pytorch_model.bin", "legacy gamma/beta", "sharded safetensors"])
+def test_checkpoint_formats_load_to_the_same_outputs(hf_mlm_dir, tmp_path, variant):
+    batch = padded_batch(21128)
+    expected = _mlm_reference_logits(hf_mlm_dir, batch)
+    if variant == "pytorch_model.bin":
+        model_dir = _rewrite_weights(hf_mlm_dir, tmp_path / "bin")
+    elif variant == "legacy gamma/beta":
+        model_dir = _rewrite_weights(hf_mlm_dir, tmp_path / "legacy", _legacy_layer_norm_names)
+        assert any(k.endswith(".gamma") for k in torch.load(model_dir / "pytorch_model.bin", weights_only=True))
+    else:
+        model_dir = tmp_path / "sharded"
+        transformers.BertForMaskedLM.from_pretrained(str(hf_mlm_dir)).save_pretrained(str(model_dir), max_shard_size="300KB")
+        shutil.copyfile(hf_mlm_dir / "vocab.txt", model_dir / "vocab.txt")
+        index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) > 1
+    with torch.no_grad():
+        logits = load_for_task(model_dir, "mlm").model(*batch)
+    assert_matches(logits, expected)
+
+
+def test_untied_checkpoint_with_decoder_weight_loads_when_equal(hf_mlm_dir, tmp_path):
+    """Older checkpoints store cls.predictions.decoder.weight/bias explicitly; equal copies are accepted."""
+
+    def add_decoder(state):
+        state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"].clone()
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].clone()
+        return state
+
+    model_dir = tmp_path / "explicit-decoder"
+    model_dir.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copyfile(hf_mlm_dir / name, model_dir / name)
+    torch.save(add_decoder(dict(load_file(str(hf_mlm_dir / "model.safetensors")))), model_dir / "pytorch_model.bin")
+    batch = padded_batch(21128)
+    with torch.no_grad():
+        logits = load_for_task(model_dir, "mlm").model(*batch)
+    assert_matches(logits, _mlm_reference_logits(hf_mlm_dir, batch))
+
