@@ -10,10 +10,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from sbert_cli.errors import ModelLoadError, WeightMismatchError
+
+if TYPE_CHECKING:  # torch is imported where tensors are touched, so hub.py can use this module without it
+    import torch
 
 HF_TO_SBERT = {
     "embeddings.word_embeddings": "bert.embeddings.word_embeddings",
@@ -118,6 +120,8 @@ def convert_hf_state_dict(
     are required; optional ones (heads, pooler) that are absent are listed in the report. Missing or
     unexpected encoder keys and shape mismatches raise one WeightMismatchError listing all of them.
     """
+    import torch
+
     report = ConversionReport()
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -206,6 +210,7 @@ def find_weights(model_dir: Path) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, a sharded index, or a pytorch_model.bin (loaded with weights_only=True)."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -17,16 +17,12 @@ from functools import partial
 from pathlib import Path
 
 from sbert_cli.errors import DownloadError
+from sbert_cli.hf_weights import WEIGHT_FILES  # preference order; torch-free at import
 
 DEFAULT_REPO = "hfl/chinese-bert-wwm-ext"
 MIRROR_ENDPOINT = "https://hf-mirror.com"
 REQUIRED_FILES = ("config.json", "vocab.txt")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
-# Preference order; must equal hf_weights.WEIGHT_FILES (a test checks). Not imported from there because
-# hf_weights imports torch, which `sbert download` does not need.
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)
 # Written into the HF metadata folder of an --out dir, so a re-run knows the folder is this model's download.
 MARKER = Path(".cache") / "huggingface" / "sbert-download.json"
 

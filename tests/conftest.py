@@ -25,7 +25,7 @@ TINY_HF_CONFIG = dict(
 )
 
 
-def make_hf_checkpoint(path: Path, kind: str = "mlm", seed: int = 0, safe_serialization: bool = True, **overrides) -> Path:
+def make_hf_checkpoint(path: Path, kind: str = "mlm", seed: int = 0, **overrides) -> Path:
     """Save a random transformers BERT of `kind` (base, mlm, cls, pretraining) with the Chinese vocab into `path`."""
     import torch
     import transformers
@@ -40,7 +40,7 @@ def make_hf_checkpoint(path: Path, kind: str = "mlm", seed: int = 0, safe_serial
     config = transformers.BertConfig(**{**TINY_HF_CONFIG, **overrides})
     model = classes[kind](config).eval()
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=safe_serialization)
+    model.save_pretrained(str(path))  # safetensors; tests that need a .bin write it themselves
     shutil.copyfile(CHINESE_VOCAB, path / "vocab.txt")
     return path
 

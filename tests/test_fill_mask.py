@@ -263,7 +263,7 @@ def test_command_joint_json_from_stdin(peaky_mlm_dir):
     [
         (["没有掩码"], "error: argument 1: no [MASK] in '没有掩码'"),
         (["--model", "/nonexistent/model", "有[MASK]"], "error: /nonexistent/model: no such model folder"),
-        (["--model", "{empty}", "有[MASK]"], "error: {empty}/config.json: no config.json"),
+        (["--model", "{empty}", "有[MASK]"], "error: {empty}: no config.json"),
         (["--model", "{no_weights}", "有[MASK]"], "error: {no_weights}: no model.safetensors or pytorch_model.bin"),
     ],
 )

@@ -248,10 +248,10 @@ def test_select_files_prefers_safetensors_and_takes_tokenizer_files():
         hub.select_files("o/m", ["config.json", "tokenizer.json", "model.safetensors"])
 
 
-def test_weight_preference_matches_the_loader():
-    from sbert_cli.hf_weights import WEIGHT_FILES
-
-    assert hub.WEIGHT_FILES == WEIGHT_FILES
+def test_hub_module_does_not_import_torch():
+    # `sbert download` needs no torch; importing it costs seconds.
+    code = "import sys, sbert_cli.hub; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 def test_missing_files_sees_a_missing_shard(served, tmp_path):
