@@ -1,0 +1,194 @@
+"""sbert train-cls, pretrain and plot: options in, one library call, results rendered with rich."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from sbert_cli.cli.app import app, console
+
+TRAINING = "Training"
+RUN = "Run dir, checkpoints and evaluation"
+HARDWARE = "Device and precision"
+
+# Options both training commands share, declared once.
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Passes over the training data (default 3; --max-steps overrides).", rich_help_panel=TRAINING)]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.", rich_help_panel=TRAINING)]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", rich_help_panel=TRAINING)]
+GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-batches accumulated per optimizer step.", rich_help_panel=TRAINING)]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", rich_help_panel=TRAINING)]
+WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Linear warmup over this share of the steps.", rich_help_panel=TRAINING)]
+WarmupSteps = Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", rich_help_panel=TRAINING)]
+Schedule = Annotated[str, typer.Option("--schedule", help="After warmup: linear, cosine or constant.", rich_help_panel=TRAINING)]
+MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", rich_help_panel=TRAINING)]
+Seed = Annotated[int, typer.Option("--seed", help="Seeds data order, dropout, masking and new weights.", rich_help_panel=TRAINING)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)]
+EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (default: each epoch).", rich_help_panel=RUN)]
+SaveEvery = Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: at each evaluation / epoch).", rich_help_panel=RUN)]
+KeepLast = Annotated[int, typer.Option("--keep-last", help="Checkpoints kept under OUT/checkpoints.", rich_help_panel=RUN)]
+Patience = Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without improvement.", rich_help_panel=RUN)]
+LogEvery = Annotated[int, typer.Option("--log-every", help="Log loss, lr and tokens/s every N steps.", rich_help_panel=RUN)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out (same data, batch size and processes).", rich_help_panel=RUN)]
+Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, replacing its earlier results.", rich_help_panel=RUN)]
+Plot = Annotated[bool, typer.Option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", rich_help_panel=RUN)]
+Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", rich_help_panel=HARDWARE)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", rich_help_panel=HARDWARE)]
+DistTimeout = Annotated[float, typer.Option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", rich_help_panel=HARDWARE)]
+ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
+Vocab = Annotated[Optional[Path], typer.Option("--vocab", help="With --config: vocab.txt (default: the bundled Chinese BERT vocab).")]
+
+
+def _train_config(parameters: dict):
+    """The TrainConfig of a training command, from its parameters (called with locals() first thing)."""
+    import dataclasses
+
+    from sbert_cli.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {k: v for k, v in parameters.items() if k in names}
+    options.update(out_dir=parameters["out"], dist_timeout_s=parameters["dist_timeout"],
+                   max_grad_norm=parameters["max_grad_norm"] or None)
+    if options["max_steps"] is not None:
+        options["epochs"] = None
+    elif options["epochs"] is None:
+        options["epochs"] = 3
+    return TrainConfig(**options)
+
+
+@app.command("train-cls")
+def train_cls(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder with train.txt, dev.txt, test.txt (text<TAB>label) and class.txt.")] = Path("data"),
+    train_file: Annotated[Optional[Path], typer.Option("--train", help="Training file (TSV, CSV with a header, or JSONL); overrides --data-dir.")] = None,
+    dev_file: Annotated[Optional[Path], typer.Option("--dev", help="Dev file: picks the best model.")] = None,
+    test_file: Annotated[Optional[Path], typer.Option("--test", help="Test file: reported at the end.")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels", help="class.txt: one label name per line (line i = label i).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model dir or hub repo id to fine-tune.")] = "hfl/chinese-bert-wwm-ext",
+    config_name: ModelConfig = None,
+    vocab: Vocab = None,
+    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longer texts are truncated to this many tokens.")] = 128,
+    metric: Annotated[str, typer.Option("--metric", help="Dev metric that picks OUT/best: accuracy or macro_f1.")] = "accuracy",
+    out: Out = Path("runs/cls"),
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 32,
+    grad_accum: GradAccum = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=TRAINING)] = 2e-5,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.1,
+    warmup_steps: WarmupSteps = None,
+    schedule: Schedule = "linear",
+    max_grad_norm: MaxGradNorm = 1.0,
+    seed: Seed = 42,
+    eval_every: EvalEvery = None,
+    save_every: SaveEvery = None,
+    keep_last: KeepLast = 2,
+    patience: Patience = None,
+    log_every: LogEvery = 10,
+    resume: Resume = False,
+    force: Force = False,
+    plot: Plot = True,
+    precision: Precision = "auto",
+    device: Device = "auto",
+    dist_timeout: DistTimeout = 600.0,
+) -> None:
+    """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
+    config = _train_config(locals())
+    from sbert_cli.train import is_main_process
+    from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+
+    options = ClassifierOptions(
+        data_dir=data_dir, train_file=train_file, dev_file=dev_file, test_file=test_file, labels_file=labels_file,
+        model=model, config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, metric=metric,
+    )
+    main = is_main_process()
+    result = train_classifier(options, config, console=console if main else None)
+    if not main:
+        return
+    _print_run_summary(result.train)
+    if result.train.interrupted:
+        raise typer.Exit(130)
+    from sbert_cli.cli.report import _render_classification  # the same report as `sbert eval`
+
+    for name, evaluation in result.reports.items():
+        console.rule(f"{name} ({result.model_dir.name} model)")
+        _render_classification(evaluation.to_json())
+    if result.model_dir is not None:
+        console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
+
+
+def _print_run_summary(result) -> None:
+    where = f"{result.device}, {result.precision}" + (f", {result.world_size} processes" if result.world_size > 1 else "")
+    state = "interrupted" if result.interrupted else ("stopped early" if result.early_stopped else "done")
+    console.print(f"{state}: step {result.step}/{result.total_steps}, epoch {result.epoch:.2f} ({where})")
+    if result.best_step is not None and not result.interrupted:
+        console.print(f"best at step {result.best_step}: {result.best_value:.4f}")
+
+
+@app.command("pretrain")
+def pretrain(
+    data: Annotated[Path, typer.Option("--data", help="make-mlm-data output dir.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to continue pretraining.")] = None,
+    config_name: ModelConfig = None,
+    vocab: Vocab = None,
+    dynamic_masking: Annotated[bool, typer.Option("--dynamic-masking", help="Re-mask every epoch (needs make-mlm-data --no-mask output).")] = False,
+    masked_lm_prob: Annotated[Optional[float], typer.Option("--masked-lm-prob", help="With --dynamic-masking: share of tokens to predict (default: as make-mlm-data, 0.15).")] = None,
+    max_predictions: Annotated[Optional[int], typer.Option("--max-predictions", help="With --dynamic-masking: most predictions per sequence.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="make-mlm-data dir for held-out masked-token accuracy and perplexity.")] = None,
+    eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Hold out this share of --data for evaluation (e.g. 0.01).")] = None,
+    out: Out = Path("runs/pretrain"),
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 32,
+    grad_accum: GradAccum = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=TRAINING)] = 5e-5,
+    weight_decay: WeightDecay = 0.01,
+    warmup_ratio: WarmupRatio = 0.1,
+    warmup_steps: WarmupSteps = None,
+    schedule: Schedule = "linear",
+    max_grad_norm: MaxGradNorm = 1.0,
+    seed: Seed = 42,
+    eval_every: EvalEvery = None,
+    save_every: SaveEvery = None,
+    keep_last: KeepLast = 2,
+    patience: Patience = None,
+    log_every: LogEvery = 10,
+    resume: Resume = False,
+    force: Force = False,
+    plot: Plot = True,
+    precision: Precision = "auto",
+    device: Device = "auto",
+    dist_timeout: DistTimeout = 600.0,
+) -> None:
+    """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""
+    config = _train_config(locals())
+    from sbert_cli.pretrain import PretrainOptions, pretrain as run_pretrain
+    from sbert_cli.train import is_main_process
+
+    options = PretrainOptions(
+        data=data, model=model, config_name=config_name, vocab=vocab, dynamic_masking=dynamic_masking,
+        masked_lm_prob=masked_lm_prob, max_predictions=max_predictions, eval_data=eval_data, eval_fraction=eval_fraction,
+    )
+    main = is_main_process()
+    result = run_pretrain(options, config, console=console if main else None)
+    if not main:
+        return
+    _print_run_summary(result.train)
+    if result.train.interrupted:
+        raise typer.Exit(130)
+    if result.train.last_eval:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.train.last_eval.items())
+        console.print(f"held-out: {shown}")
+    console.print(f"model: [bold]{result.model_dir}[/]  (sbert fill-mask --model {result.model_dir} ...)")
+
+
+@app.command("plot")
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run dir written by train-cls or pretrain (with metrics.jsonl).")],
+) -> None:
+    """Redraw RUN_DIR/curves.png (loss and metrics against step) from RUN_DIR/metrics.jsonl."""
+    from sbert_cli.plots import plot_training_curves
+
+    console.print(f"wrote {plot_training_curves(run_dir)}")

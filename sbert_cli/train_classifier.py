@@ -1,0 +1,244 @@
+"""train-cls: fine-tune (or train from scratch) a BERT sequence classifier on the generic training loop."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbert_cli.data.batching import pad_batch
+from sbert_cli.data.classification import ClassificationData, read_classification_file, read_label_names
+from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.train import Batch, DistributedEnv, Task, TrainConfig, TrainResult, check_run_dir, train
+
+if TYPE_CHECKING:
+    from sbert_cli.evaluate import ClassificationEvaluation
+
+METRICS = ("accuracy", "macro_f1")
+DEFAULT_MODEL = "hfl/chinese-bert-wwm-ext"
+
+
+@dataclass
+class ClassifierOptions:
+    data_dir: Path | None = Path("data")
+    train_file: Path | None = None
+    dev_file: Path | None = None
+    test_file: Path | None = None
+    labels_file: Path | None = None
+    model: str | None = DEFAULT_MODEL  # a model dir or hub repo id; ignored when config_name is set
+    config_name: str | None = None  # tiny|small|base: a fresh model
+    vocab: Path | None = None  # with config_name: the vocab (default: the bundled Chinese vocab)
+    max_seq_len: int = 128
+    metric: str = "accuracy"
+
+
+@dataclass
+class EncodedSplit:
+    """A classification file tokenized once: ids (and segment ids for pairs) per example."""
+
+    data: ClassificationData
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    lengths: np.ndarray
+
+
+@dataclass
+class ClassifierResult:
+    train: TrainResult
+    label_names: list[str]
+    model_dir: Path | None  # OUT/best when there was a dev set, else OUT/last
+    reports: dict[str, ClassificationEvaluation] = field(default_factory=dict)  # "dev"/"test": sbert eval's result
+    new_head: list[str] = field(default_factory=list)  # parameters initialised fresh
+
+
+def resolve_files(options: ClassifierOptions) -> tuple[Path, Path | None, Path | None, Path | None]:
+    """(train, dev, test, labels) from --train/--dev/--test/--labels, falling back to --data-dir's train.txt, dev.txt, test.txt, class.txt."""
+    data_dir = options.data_dir
+    explicit = options.train_file is not None
+
+    def pick(given: Path | None, name: str) -> Path | None:
+        if given is not None:
+            if not Path(given).is_file():
+                raise DataError(f"{given}: no such file")
+            return Path(given)
+        if data_dir is not None and not explicit and (Path(data_dir) / name).is_file():
+            return Path(data_dir) / name
+        return None
+
+    if not explicit:
+        if data_dir is None or not Path(data_dir).is_dir():
+            raise DataError(f"--data-dir {data_dir}: no such folder; give --data-dir DIR (with train.txt, dev.txt) or --train FILE")
+        if not (Path(data_dir) / "train.txt").is_file():
+            raise DataError(f"{data_dir}: no train.txt; put train.txt (text<TAB>label) there or give --train FILE")
+    train_path = pick(options.train_file, "train.txt")
+    return train_path, pick(options.dev_file, "dev.txt"), pick(options.test_file, "test.txt"), pick(options.labels_file, "class.txt")
+
+
+def read_splits(options: ClassifierOptions) -> dict[str, ClassificationData]:
+    """The train split and, when present, dev and test, with labels checked against train (or class.txt)."""
+    train_path, dev_path, test_path, labels_path = resolve_files(options)
+    names = read_label_names(labels_path) if labels_path else None
+    source = str(labels_path) if labels_path else f"the training labels of {train_path}"
+    splits = {"train": read_classification_file(train_path, names, allow_new_labels=names is None, label_source=source)}
+    names = splits["train"].label_names
+    if len(names) < 2:
+        raise DataError(f"{train_path}: only one label ({names[0]!r}); a classifier needs at least two")
+    for split, path in (("dev", dev_path), ("test", test_path)):
+        if path is not None:
+            data = read_classification_file(path, names, allow_new_labels=False, label_source=source)
+            if (data.pairs is None) != (splits["train"].pairs is None):
+                raise DataError(f"{path}: {'has' if data.pairs is not None else 'lacks'} a second text column, unlike {train_path}")
+            splits[split] = data
+    return splits
+
+
+def encode_split(data: ClassificationData, tokenizer, max_seq_len: int) -> EncodedSplit:
+    encodings = tokenizer.encode_batch(data.texts, pairs=data.pairs, max_length=max_seq_len)
+    input_ids = [e.ids for e in encodings]
+    token_type_ids = [e.type_ids for e in encodings] if data.pairs is not None else None
+    return EncodedSplit(data, input_ids, token_type_ids, np.array([len(ids) for ids in input_ids], dtype=np.int64))
+
+
+def collate(split: EncodedSplit, indices: list[int], pad_id: int, with_labels: bool = True) -> Batch:
+    input_ids, attention_mask = pad_batch([split.input_ids[i] for i in indices], pad_id)
+    tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if split.token_type_ids is not None:
+        tensors["token_type_ids"] = pad_batch([split.token_type_ids[i] for i in indices], 0)[0]
+    if with_labels and split.data.labels is not None:
+        tensors["labels"] = torch.tensor([split.data.labels[i] for i in indices], dtype=torch.long)
+    return Batch(tensors, len(indices), int(split.lengths[indices].sum()))
+
+
+def _logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.tensors.items() if k != "labels"}
+    return model(**inputs)
+
+
+def metrics_from_confusion(confusion: np.ndarray, label_names: list[str]) -> dict[str, float]:
+    """accuracy and macro_f1 from a confusion matrix (rows gold, columns predicted), computed as `sbert eval` does."""
+    from sbert_cli.evaluate import classification_metrics
+
+    n = len(label_names)
+    pairs = np.repeat(np.arange(n * n), confusion.astype(np.int64).ravel())
+    metrics = classification_metrics(pairs // n, pairs % n, label_names)
+    return {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}
+
+
+class ClassificationTask(Task):
+    model_task = "cls"
+
+    def __init__(self, train: EncodedSplit, dev: EncodedSplit | None, tokenizer, metric: str, max_seq_len: int):
+        self.train, self.dev, self.tokenizer = train, dev, tokenizer
+        self.best_metric = metric if dev is not None else "loss"
+        self.label_names = train.data.label_names
+        self.num_labels = len(self.label_names)
+        self.max_seq_len = max_seq_len
+
+    def train_lengths(self):
+        return self.train.lengths
+
+    def train_batch(self, indices, epoch):
+        return collate(self.train, indices, self.tokenizer.pad_id)
+
+    def loss_sum(self, model, batch):
+        return F.cross_entropy(_logits(model, batch).float(), batch.tensors["labels"], reduction="sum")
+
+    def eval_lengths(self):
+        return self.dev.lengths if self.dev is not None else None
+
+    def eval_batch(self, indices):
+        return collate(self.dev, indices, self.tokenizer.pad_id)
+
+    def eval_sums(self, model, batch):
+        logits = _logits(model, batch).float()
+        labels = batch.tensors["labels"]
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        confusion = torch.zeros(self.num_labels * self.num_labels, dtype=torch.float64, device=logits.device)
+        confusion.index_add_(0, labels * self.num_labels + logits.argmax(-1), torch.ones_like(labels, dtype=torch.float64))
+        return torch.cat([loss.double().view(1), torch.tensor([len(labels)], dtype=torch.float64, device=logits.device), confusion])
+
+    def eval_metrics(self, sums):
+        confusion = sums[2:].view(self.num_labels, self.num_labels).numpy()
+        return {"loss": float(sums[0] / max(float(sums[1]), 1.0)), **metrics_from_confusion(confusion, self.label_names)}
+
+    def fingerprint(self):
+        digest = hashlib.sha256()
+        for ids, label in zip(self.train.input_ids, self.train.data.labels):
+            digest.update(np.asarray(ids + [-1, label], dtype=np.int64).tobytes())
+        return {"train_examples": len(self.train.lengths), "train_sha256": digest.hexdigest(),
+                "labels": list(self.label_names), "max_seq_len": self.max_seq_len}
+
+    def save_meta(self):
+        return {"max_seq_len": self.max_seq_len}  # sbert eval/predict truncate as training did
+
+
+def build_classifier(options: ClassifierOptions, label_names: list[str], seed: int):
+    """(model, tokenizer, freshly initialised parameter names) from --model or --config."""
+    from sbert_cli.checkpoint import load_for_task, load_tokenizer, resolve_model_dir
+    from sbert_cli.config import preset
+    from sbert_cli.model import build_model
+    from sbert_cli.resources import CHINESE_VOCAB
+    from sbert_cli.tokenizer import BertTokenizer
+
+    torch.manual_seed(seed)  # a fresh head (or model) starts the same in every process and every run
+    if options.config_name is not None:
+        tokenizer = BertTokenizer.from_vocab(options.vocab or CHINESE_VOCAB)
+        config = preset(options.config_name, vocab_size=len(tokenizer)).with_labels(label_names)
+        model = build_model(config, "cls")
+        return model, tokenizer, ["all parameters (--config)"]
+    model_dir = resolve_model_dir(options.model)
+    loaded = load_for_task(model_dir, "cls", labels=label_names, allow_new_head=True)
+    return loaded.model, load_tokenizer(model_dir), loaded.initialized
+
+
+def validate_options(options: ClassifierOptions) -> None:
+    if options.metric not in METRICS:
+        raise ConfigError(f"--metric {options.metric!r}: use one of {', '.join(METRICS)}")
+    if options.max_seq_len < 2:
+        raise ConfigError(f"--max-seq-len must be at least 2 (for [CLS] and [SEP]), got {options.max_seq_len}")
+    if options.config_name is None and options.vocab is not None:
+        raise ConfigError("--vocab goes with --config (a fresh model); a --model brings its own vocab.txt")
+
+
+def train_classifier(options: ClassifierOptions, config: TrainConfig, console=None, on_micro_batch=None) -> ClassifierResult:
+    """Read the splits, build the model, train on the generic loop, and report dev (and test) on the kept model."""
+    validate_options(options)
+    config.validate()
+    check_run_dir(Path(config.out_dir), config.resume, config.force)
+    splits = read_splits(options)
+    label_names = splits["train"].label_names
+    model, tokenizer, new_head = build_classifier(options, label_names, config.seed)
+    max_positions = model.config.max_position_embeddings
+    if options.max_seq_len > max_positions:
+        raise ConfigError(f"--max-seq-len {options.max_seq_len} exceeds the model's {max_positions} positions")
+    encoded = {name: encode_split(data, tokenizer, options.max_seq_len) for name, data in splits.items()}
+    task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len)
+    env = DistributedEnv.from_env()
+    if console is not None and env.is_main:
+        sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
+        console.print(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
+        if new_head and options.config_name is None:
+            console.print(f"[yellow]note:[/] new classification head, initialised fresh: {', '.join(new_head)}")
+    run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,
+                "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,
+                "max_seq_len": options.max_seq_len, "metric": options.metric}
+    result = train(model, task, config, console=console, run_info=run_info, on_micro_batch=on_micro_batch)
+    out = ClassifierResult(result, label_names, None, new_head=new_head)
+    if not env.is_main or result.interrupted:
+        return out
+    from sbert_cli.evaluate import evaluate
+
+    out.model_dir = Path(config.out_dir) / ("best" if (Path(config.out_dir) / "best").is_dir() else "last")
+    for name in ("dev", "test"):
+        if name in splits:
+            out.reports[name] = evaluate(
+                out.model_dir, splits[name].path, task="cls", out_dir=Path(config.out_dir) / f"eval-{name}", force=True,
+                batch_size=config.batch_size, precision=result.precision, device=result.device,
+            )
+    return out

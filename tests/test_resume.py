@@ -1,0 +1,155 @@
+"""Exact resume: interrupted anywhere (SIGINT, SIGTERM, kill -9), a resumed run ends with the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+from sbert_cli.errors import ResumeError
+from sbert_cli.pretrain import PretrainOptions, pretrain
+from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.train import TrainConfig, checkpoint_dirs
+from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, thucnews_train, thucnews_dev):
+    folder = tmp_path_factory.mktemp("resume-data")
+    train_lines = thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)
+    # 150 examples in global batches of 16: 10 steps per epoch, the last one short (6 examples).
+    (folder / "train.txt").write_text("".join(train_lines[:150]), encoding="utf-8")
+    (folder / "dev.txt").write_text("".join(thucnews_dev.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    return folder
+
+
+def options(data):
+    # --config tiny keeps dropout on, so resuming must restore the RNG state too.
+    return ClassifierOptions(data_dir=data, config_name="tiny", max_seq_len=32)
+
+
+def config(out, **changes):
+    # CPU: bit-identical results are a CPU fp32 promise (CUDA kernels may sum in varying order).
+    settings = dict(out_dir=out, batch_size=8, grad_accum=2, epochs=2, lr=1e-3, eval_every=4, save_every=3,
+                    keep_last=2, plot=False, device="cpu")
+    return TrainConfig(**{**settings, **changes})
+
+
+def weights(out):
+    return load_file(str(out / "last" / "model.safetensors"))
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = train_classifier(options(data), config(out))
+    assert result.train.step == 20 and not result.train.interrupted
+    return out
+
+
+def signal_at(step: int, micro: int, signum=signal.SIGINT, times: int = 1):
+    def hook(current_step, micro_index):
+        if (current_step, micro_index) == (step, micro):
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+    return hook
+
+
+@pytest.mark.parametrize(
+    "step, micro, signum",
+    [
+        (5, 1, signal.SIGINT),  # mid-epoch, between the two micro-batches of a step
+        (9, 0, signal.SIGTERM),  # in the last step of epoch 0: stops at the epoch boundary
+        (13, 1, signal.SIGINT),  # second epoch, right after an evaluation and a checkpoint
+    ],
+)
+def test_interrupted_run_resumes_bit_identical(tmp_path, data, reference, step, micro, signum):
+    out = tmp_path / "run"
+    stopped = train_classifier(options(data), config(out), on_micro_batch=signal_at(step, micro, signum))
+    assert stopped.train.interrupted and stopped.train.step == step + 1  # the current step is finished, then saved
+    assert stopped.train.checkpoint.name == f"step-{step + 1:07d}"
+    assert not (out / "last").exists()
+    resumed = train_classifier(options(data), config(out, resume=True))
+    assert resumed.train.resumed_from.name == f"step-{step + 1:07d}" and resumed.train.step == 20
+    assert_identical(weights(reference), weights(out))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert steps == [4, 8, 12, 16, 20]  # every 4 steps, none twice
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path, data):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(options(data), config(out), on_micro_batch=signal_at(4, 0, times=2))
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-0000003"]  # nothing saved after the abort
+
+
+def test_resume_with_other_batch_size_or_data_is_refused(tmp_path, data):
+    out = tmp_path / "run"
+    train_classifier(options(data), config(out, max_steps=3, epochs=None))
+    with pytest.raises(ResumeError, match="batch_size was 8, now 4"):
+        train_classifier(options(data), config(out, max_steps=3, epochs=None, resume=True, batch_size=4))
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = (data / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (other / "train.txt").write_text("".join(lines[:100]), encoding="utf-8")
+    with pytest.raises(ResumeError, match=r"the data differs \(train_examples, train_sha256\)"):
+        train_classifier(ClassifierOptions(data_dir=other, config_name="tiny", max_seq_len=32),
+                         config(out, max_steps=3, epochs=None, resume=True))
+
+
+def test_pretraining_with_dynamic_masking_resumes_bit_identical(tmp_path, thucnews_train, vocab_path):
+    corpus = tmp_path / "titles.txt"
+    lines = thucnews_train.read_text(encoding="utf-8").splitlines()[:100]
+    corpus.write_text("".join(line.split("\t")[0] + "\n" for line in lines), encoding="utf-8")
+    make_mlm_data([corpus], tmp_path / "mlm", BertTokenizer.from_vocab(vocab_path), MLMDataSettings(max_seq_len=32, mask=False, segmenter="none"))
+    mlm_options = PretrainOptions(data=tmp_path / "mlm", config_name="tiny", dynamic_masking=True, eval_fraction=0.1)
+    settings = dict(batch_size=8, grad_accum=1, epochs=3, lr=1e-3, plot=False, device="cpu")
+    pretrain(mlm_options, TrainConfig(out_dir=tmp_path / "ref", **settings))
+    stopped = pretrain(mlm_options, TrainConfig(out_dir=tmp_path / "run", **settings), on_micro_batch=signal_at(16, 0))
+    assert stopped.train.interrupted and stopped.train.epoch > 1  # past an epoch boundary: new masks
+    pretrain(mlm_options, TrainConfig(out_dir=tmp_path / "run", resume=True, **settings))
+    assert_identical(weights(tmp_path / "ref"), weights(tmp_path / "run"))
+
+
+def test_kill_9_then_resume_from_the_latest_complete_checkpoint(tmp_path, data, reference):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    # The reference settings; how often a run evaluates or saves does not change its weights.
+    command = [sys.executable, "-m", "sbert_cli", "train-cls", "--data-dir", str(data), "--config", "tiny",
+               "--max-seq-len", "32", "--batch-size", "8", "--grad-accum", "2", "--epochs", "2", "--lr", "1e-3",
+               "--save-every", "2", "--no-plot", "--device", "cpu", "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(checkpoint_dirs(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no handler runs, possibly in the middle of writing a checkpoint
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "last").exists()
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert_identical(weights(reference), weights(out))

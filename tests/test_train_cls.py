@@ -1,0 +1,149 @@
+"""sbert train-cls end to end: it learns, writes the run dir, and refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sbert_cli.cli import app
+from sbert_cli.checkpoint import load_for_task
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, expected: str):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, thucnews_train, thucnews_dev, thucnews_classes):
+    """A tiny BERT trained from scratch on the THUCNews sample (dev 1000 titles, 10 classes)."""
+    folder = tmp_path_factory.mktemp("cls-run")
+    out = folder / "run"
+    test_file = folder / "test.txt"
+    test_file.write_text("".join(thucnews_dev.read_text(encoding="utf-8").splitlines(keepends=True)[:100]), encoding="utf-8")
+    result = run(
+        "train-cls", "--train", thucnews_train, "--dev", thucnews_dev, "--test", test_file, "--labels", thucnews_classes,
+        "--config", "tiny", "--out", out, "--max-steps", 360, "--batch-size", 16, "--lr", 1e-3, "--max-seq-len", 32,
+        "--eval-every", 120, "--log-every", 20,
+    )
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_tiny_model_learns_thucnews_far_above_chance(trained):
+    out, result = trained
+    dev = json.loads((out / "eval-dev" / "metrics.json").read_text())
+    assert dev["accuracy"] > 0.3  # chance is 0.1
+    assert "dev (best model)" in result.stdout and "entertainment" in result.stdout
+    assert (out / "eval-test" / "confusion_matrix.png").is_file()
+
+
+def test_run_dir_layout_and_metrics_schema(trained):
+    out, _ = trained
+    assert {p.name for p in out.iterdir()} >= {"best", "last", "checkpoints", "metrics.jsonl", "curves.png", "run.json"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert set(train_records[0]) == {"kind", "step", "epoch", "loss", "lr", "tokens_per_s"}
+    assert [r["step"] for r in evals] == [120, 240, 360]
+    assert {"loss", "accuracy", "macro_f1"} <= set(evals[0]) and evals[-1]["loss"] < evals[0]["loss"]
+    best_step = max(evals, key=lambda r: r["accuracy"])["step"]
+    assert json.loads((out / "best" / "sbert.json").read_text())["step"] == best_step
+    loaded = load_for_task(out / "best", "cls")
+    assert loaded.model.config.labels[:3] == ["finance", "realty", "stocks"]
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["label2id"]["entertainment"] == 9
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["precision"] == "fp32" and run_info["global_batch_size"] == 16
+
+
+def test_plot_redraws_the_curves(trained):
+    out, _ = trained
+    (out / "curves.png").unlink()
+    result = run("plot", out)
+    assert result.exit_code == 0 and (out / "curves.png").stat().st_size > 0
+
+
+def test_data_dir_layout_and_checkpoint_model(tmp_path, monkeypatch, hf_mlm_dir, thucnews_train, thucnews_classes):
+    """`sbert train-cls` in a folder holding data/train.txt, dev.txt and class.txt, from an HF checkpoint without a head."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "train.txt").write_text("".join(lines[:64]), encoding="utf-8")
+    (data / "dev.txt").write_text("".join(lines[64:96]), encoding="utf-8")
+    (data / "class.txt").write_text(thucnews_classes.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = run("train-cls", "--model", hf_mlm_dir, "--epochs", 1, "--batch-size", 16, "--max-seq-len", 32, "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert "new classification head" in result.stdout
+    assert (tmp_path / "runs" / "cls" / "best" / "model.safetensors").is_file()
+    # the run dir is not overwritten by accident
+    again = run("train-cls", "--model", hf_mlm_dir, "--epochs", 1)
+    one_line_error(again, "is not empty; continue it with --resume")
+
+
+@pytest.fixture
+def files(tmp_path, thucnews_train):
+    lines = thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "train.txt").write_text("".join(lines[:30]), encoding="utf-8")
+    (tmp_path / "dev.txt").write_text("".join(lines[30:40]) + "新标签\tweather\n", encoding="utf-8")
+    (tmp_path / "bad.txt").write_text("一\t1\n二\t2\t3\n", encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data-dir", "{tmp}/nowhere"], "no such folder"),
+        (["--train", "{tmp}/bad.txt"], "bad.txt:2: 3 tab-separated column(s)"),
+        (["--train", "{tmp}/train.txt", "--dev", "{tmp}/dev.txt"], "dev.txt:11: label 'weather' not in the training labels"),
+        (["--train", "{tmp}/train.txt", "--metric", "auc"], "--metric 'auc'"),
+        (["--train", "{tmp}/train.txt", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["--train", "{tmp}/train.txt", "--max-seq-len", "1000"], "exceeds the model's 512 positions"),
+        (["--train", "{tmp}/train.txt", "--resume"], "no checkpoint under"),
+        (["--train", "{tmp}/train.txt", "--resume", "--force"], "give one of them"),
+        (["--train", "{tmp}/train.txt", "--grad-accum", "0"], "--grad-accum must be at least 1"),
+        (["--train", "{tmp}/train.txt", "--model", "{tmp}/train.txt"], "is a file"),
+        (["--train", "{tmp}/train.txt", "--patience", "2"], "--patience stops on evaluation results"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(files, args, expected):
+    args = [a.replace("{tmp}", str(files)) for a in args]
+    if "--model" not in args:
+        args += ["--config", "tiny"]
+    result = run("train-cls", "--out", files / "out", "--epochs", 1, *args)
+    one_line_error(result, expected)
+    assert not (files / "out" / "checkpoints").exists()
+
+
+def test_existing_results_are_not_overwritten(files):
+    out = files / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--epochs", 1)
+    one_line_error(result, "overwrite its results with --force")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    # --force replaces what a run writes, and only that
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
+    result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--max-steps", 1,
+                 "--force", "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
