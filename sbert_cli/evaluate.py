@@ -1,0 +1,477 @@
+"""Evaluate a model on a labelled file (classification) or on masked text (MLM), and write the report files.
+
+Classification: accuracy; macro, micro and weighted precision/recall/F1; per-class figures; the confusion
+matrix; the misclassified examples. Averages follow scikit-learn's defaults: over the labels that occur in
+the gold or predicted labels, 0 where a ratio is 0/0. MLM: top-1 and top-5 accuracy on the masked tokens,
+and perplexity = exp(mean cross-entropy) over them. `evaluate` returns a result whose `to_json()` is the
+documented schema; the CLI only renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sbert_cli.errors import ConfigError, DataError, ModelLoadError
+from sbert_cli.predict import Classifier, ProgressCallback, Runtime, load_classifier, prepare_inference
+
+TASKS = ("cls", "mlm")
+METRICS_FILE = "metrics.json"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+MISCLASSIFIED_FILE = "misclassified.tsv"
+TOP_K = 5
+DEFAULT_MASKING_SEED = 12345  # make-mlm-data's default, so raw-text figures match its output's
+
+
+@dataclass
+class Averages:
+    precision: float
+    recall: float
+    f1: float
+
+    def to_json(self) -> dict:
+        return {"precision": self.precision, "recall": self.recall, "f1": self.f1}
+
+
+@dataclass
+class ClassMetrics:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "precision": self.precision, "recall": self.recall, "f1": self.f1,
+                "support": self.support}
+
+
+@dataclass
+class ClassificationMetrics:
+    labels: list[str]
+    num_examples: int
+    accuracy: float
+    macro: Averages
+    micro: Averages
+    weighted: Averages
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]  # rows gold, columns predicted, both in `labels` order
+
+    @property
+    def macro_f1(self) -> float:
+        return self.macro.f1
+
+
+def _ratio(numerator, denominator):
+    import numpy as np
+
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_names: Sequence[str]) -> ClassificationMetrics:
+    """All classification figures from gold and predicted label ids (indices into label_names)."""
+    import numpy as np
+
+    gold = np.asarray(gold, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    n = len(label_names)
+    if len(gold) == 0:
+        raise DataError("no examples to evaluate")
+    matrix = np.bincount(gold * n + predicted, minlength=n * n).reshape(n, n)
+    true_positives = np.diag(matrix)
+    support = matrix.sum(axis=1)
+    predicted_counts = matrix.sum(axis=0)
+    precision = _ratio(true_positives, predicted_counts)
+    recall = _ratio(true_positives, support)
+    f1 = _ratio(2 * true_positives, support + predicted_counts)
+    present = (support + predicted_counts) > 0  # scikit-learn averages over the labels seen in gold or predictions
+    weights = support[present]
+
+    def average(values) -> float:
+        return float(values[present].mean())
+
+    def weighted(values) -> float:
+        return float((values[present] * weights).sum() / weights.sum())
+
+    tp, predicted_total, gold_total = true_positives[present].sum(), predicted_counts[present].sum(), support[present].sum()
+    micro_precision, micro_recall = float(_ratio(tp, predicted_total)), float(_ratio(tp, gold_total))
+    return ClassificationMetrics(
+        labels=list(label_names),
+        num_examples=int(len(gold)),
+        accuracy=float((gold == predicted).mean()),
+        macro=Averages(average(precision), average(recall), average(f1)),
+        micro=Averages(micro_precision, micro_recall, float(_ratio(2 * tp, predicted_total + gold_total))),
+        weighted=Averages(weighted(precision), weighted(recall), weighted(f1)),
+        per_class=[
+            ClassMetrics(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+            for i, name in enumerate(label_names)
+        ],
+        confusion_matrix=matrix.tolist(),
+    )
+
+
+@dataclass
+class Misclassified:
+    line_number: int
+    text: str
+    gold: str
+    predicted: str
+    probability: float  # of the predicted label
+
+
+@dataclass
+class ClassificationEvaluation:
+    model: str
+    data: str
+    metrics: ClassificationMetrics
+    loss: float  # mean cross-entropy of the gold labels
+    predictions: list[int]  # predicted label id per example, in file order
+    misclassified: list[Misclassified]  # most confident mistakes first
+    runtime: Runtime
+    files: dict[str, str] = field(default_factory=dict)
+
+    task = "cls"
+
+    def to_json(self) -> dict:
+        m = self.metrics
+        return {
+            "task": "cls",
+            "model": self.model,
+            "data": self.data,
+            "num_examples": m.num_examples,
+            "accuracy": m.accuracy,
+            "macro_f1": m.macro_f1,
+            "loss": self.loss,
+            "macro": m.macro.to_json(),
+            "micro": m.micro.to_json(),
+            "weighted": m.weighted.to_json(),
+            "per_class": [c.to_json() for c in m.per_class],
+            "labels": m.labels,
+            "confusion_matrix": m.confusion_matrix,
+            "num_misclassified": len(self.misclassified),
+            "runtime": self.runtime.to_json(),
+            "files": self.files,
+        }
+
+
+@dataclass
+class MLMEvaluation:
+    model: str
+    data: str
+    source: str  # "shards" (make-mlm-data output) or "text" (masked here)
+    seed: int | None  # the masking seed when masked here
+    num_sequences: int
+    num_predictions: int
+    mlm_accuracy: float
+    mlm_top5_accuracy: float
+    loss: float
+    runtime: Runtime
+    files: dict[str, str] = field(default_factory=dict)
+
+    task = "mlm"
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss) if self.loss < 700 else math.inf
+
+    def to_json(self) -> dict:
+        return {
+            "task": "mlm",
+            "model": self.model,
+            "data": self.data,
+            "source": self.source,
+            "seed": self.seed,
+            "num_sequences": self.num_sequences,
+            "num_predictions": self.num_predictions,
+            "mlm_accuracy": self.mlm_accuracy,
+            "mlm_top5_accuracy": self.mlm_top5_accuracy,
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "runtime": self.runtime.to_json(),
+            "files": self.files,
+        }
+
+
+def infer_task(model: str | Path, data: str | Path | None = None) -> str:
+    """cls or mlm from the model dir: sbert.json's task, else the one head its weights hold."""
+    from sbert_cli.checkpoint import read_checkpoint
+
+    if data is not None and Path(data).is_dir():
+        return "mlm"  # only make-mlm-data output is a folder
+    checkpoint = read_checkpoint(model)
+    if checkpoint.meta.get("task") in TASKS:
+        return checkpoint.meta["task"]
+    heads = [head for head in checkpoint.heads if head in TASKS]
+    if len(heads) == 1:
+        return heads[0]
+    if not heads:
+        raise ModelLoadError(
+            f"{checkpoint.path}: has neither a classification nor a masked-LM head; "
+            "train one with sbert train-cls or sbert pretrain"
+        )
+    raise ConfigError(
+        f"{checkpoint.path}: has both a classification and a masked-LM head; "
+        "say which to evaluate with --task cls or --task mlm"
+    )
+
+
+def evaluate_classifier(
+    classifier: Classifier, data: str | Path, model_name: str = "", progress: ProgressCallback | None = None
+) -> ClassificationEvaluation:
+    """Classify every example of a labelled file and compute the metrics (nothing is written)."""
+    import numpy as np
+
+    from sbert_cli.data.classification import read_classification_file
+
+    dataset = read_classification_file(
+        Path(data), classifier.label_names, require_labels=True, allow_new_labels=False, label_source="the model's labels"
+    )
+    total = len(dataset.texts)
+    probabilities = classifier.probabilities(
+        dataset.texts, dataset.pairs, progress and (lambda n, _: progress(n, total))
+    )
+    gold = np.asarray(dataset.labels, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    gold_probability = probabilities[np.arange(len(gold)), gold]
+    loss = float(-np.log(np.maximum(gold_probability.astype(np.float64), 1e-12)).mean())
+    names = classifier.label_names
+    wrong = np.flatnonzero(gold != predicted)
+    confidence = probabilities[wrong, predicted[wrong]]
+    misclassified = [
+        Misclassified(dataset.line_numbers[i], _joined_text(dataset, i), names[gold[i]], names[predicted[i]],
+                      float(probabilities[i, predicted[i]]))
+        for i in wrong[np.argsort(-confidence, kind="stable")]
+    ]
+    return ClassificationEvaluation(
+        model=model_name,
+        data=str(data),
+        metrics=classification_metrics(gold, predicted, names),
+        loss=loss,
+        predictions=predicted.tolist(),
+        misclassified=misclassified,
+        runtime=classifier.runtime,
+    )
+
+
+def _joined_text(dataset, i: int) -> str:
+    return dataset.texts[i] if dataset.pairs is None else f"{dataset.texts[i]} ||| {dataset.pairs[i]}"
+
+
+def _tsv_field(text: str) -> str:
+    return " ".join(text.replace("\t", " ").splitlines())
+
+
+def write_misclassified(rows: list[Misclassified], path: Path) -> Path:
+    """TSV with a header: line, text, gold, predicted, probability (tabs and newlines in texts become spaces)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        out.write("line\ttext\tgold\tpredicted\tprobability\n")
+        for row in rows:
+            out.write(f"{row.line_number}\t{_tsv_field(row.text)}\t{row.gold}\t{row.predicted}\t{row.probability:.4f}\n")
+    return path
+
+
+def write_metrics(result: ClassificationEvaluation | MLMEvaluation, path: Path) -> Path:
+    path.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def default_out_dir(data: str | Path) -> Path:
+    """eval-<data name> in the current directory."""
+    data = Path(data)
+    return Path(f"eval-{data.stem if data.is_file() else data.name}")
+
+
+def _check_out_dir(out_dir: Path, names: Sequence[str], force: bool) -> None:
+    """Refuse (before any inference) to overwrite an earlier eval's files unless force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: is a file; give --out a folder")
+    existing = [name for name in names if (out_dir / name).exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{out_dir / existing[0]} exists from an earlier eval; pass --force to overwrite it or --out for another folder"
+        )
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    *,
+    task: str | None = None,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    batch_size: int = 64,
+    precision: str = "auto",
+    device: str = "auto",
+    max_length: int | None = None,
+    seed: int = DEFAULT_MASKING_SEED,
+    progress: ProgressCallback | None = None,
+) -> ClassificationEvaluation | MLMEvaluation:
+    """Evaluate `model` on `data` for `task` (inferred when None) and write metrics.json (and, for cls,
+    the confusion-matrix PNG and misclassified TSV) into out_dir; out_dir=None writes nothing."""
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"--task must be cls or mlm, not {task!r}")
+    if not Path(data).exists():
+        raise DataError(f"{data}: no such file or folder")
+    task = task or infer_task(model, data)
+    names = (METRICS_FILE, CONFUSION_MATRIX_FILE, MISCLASSIFIED_FILE) if task == "cls" else (METRICS_FILE,)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        _check_out_dir(out_dir, names, force)
+    if task == "cls":
+        if Path(data).is_dir():
+            raise DataError(f"{data}: is a folder; --task cls takes a labelled file (TSV, CSV or JSONL)")
+        classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
+        result = evaluate_classifier(classifier, data, str(model), progress)
+    else:
+        result = evaluate_mlm(model, data, batch_size=batch_size, precision=precision, device=device,
+                              max_length=max_length, seed=seed, progress=progress)
+    if out_dir is None:
+        return result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if task == "cls":
+        from sbert_cli.plots import plot_confusion_matrix
+
+        m = result.metrics
+        result.files = {
+            "metrics": str(out_dir / METRICS_FILE),
+            "confusion_matrix": str(plot_confusion_matrix(m.confusion_matrix, m.labels, out_dir / CONFUSION_MATRIX_FILE)),
+            "misclassified": str(write_misclassified(result.misclassified, out_dir / MISCLASSIFIED_FILE)),
+        }
+    else:
+        result.files = {"metrics": str(out_dir / METRICS_FILE)}
+    write_metrics(result, out_dir / METRICS_FILE)
+    return result
+
+
+# --- masked LM ---------------------------------------------------------------------------------------------
+
+
+def evaluate_mlm(
+    model: str | Path,
+    data: str | Path,
+    *,
+    batch_size: int = 64,
+    precision: str = "auto",
+    device: str = "auto",
+    max_length: int | None = None,
+    seed: int = DEFAULT_MASKING_SEED,
+    progress: ProgressCallback | None = None,
+) -> MLMEvaluation:
+    """Masked-token top-1/top-5 accuracy and perplexity on make-mlm-data output, or on a raw text file
+    turned into it with `seed` (so the figures equal those on `make-mlm-data FILE --seed SEED` output)."""
+    import tempfile
+
+    from sbert_cli.checkpoint import load_for_task, load_tokenizer
+    from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+    from sbert_cli.data.shards import MLMShards, vocab_sha256
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    loaded = load_for_task(model, "mlm")
+    net = loaded.model
+    tokenizer = load_tokenizer(loaded.checkpoint.path)
+    limit = net.config.max_position_embeddings
+    if max_length is not None and not 4 <= max_length <= limit:
+        raise ConfigError(f"--max-length must be between 4 and the model's {limit} positions, not {max_length}")
+    torch_device, resolved = prepare_inference(net, device, precision)
+    runtime = Runtime(str(torch_device), resolved, batch_size)
+    data = Path(data)
+    with tempfile.TemporaryDirectory(prefix="sbert-eval-") as scratch:
+        start = time.perf_counter()
+        if data.is_dir():
+            shards, source = MLMShards(data), "shards"
+        else:
+            trained = loaded.checkpoint.meta.get("max_seq_len") or MLMDataSettings.max_seq_len
+            settings = MLMDataSettings(max_seq_len=max_length or min(int(trained), limit), seed=seed)
+            shards = MLMShards(make_mlm_data([data], Path(scratch) / "masked", tokenizer, settings).out)
+            source = "text"
+        if shards.vocab_sha256 != vocab_sha256(tokenizer):
+            raise DataError(f"{data}: made with another vocab than {loaded.checkpoint.path}'s vocab.txt; "
+                            "remake it with make-mlm-data --model MODEL")
+        if shards.max_seq_len > limit:
+            raise ConfigError(f"{data}: sequences of up to {shards.max_seq_len} tokens, but the model has "
+                              f"{limit} positions; remake it with a smaller --max-seq-len")
+        runtime.seconds += time.perf_counter() - start
+        examples = _masked_examples(shards, tokenizer, seed)
+        totals = _score_masked(net, examples, shards.lengths(), tokenizer.pad_id, batch_size, torch_device,
+                               resolved, runtime, progress)
+    correct, correct_top5, loss_sum, count = totals
+    if count == 0:
+        raise DataError(f"{data}: no masked tokens to score; are the texts long enough to mask?")
+    return MLMEvaluation(
+        model=str(model),
+        data=str(data),
+        source=source,
+        seed=None if source == "shards" and shards.masked else seed,
+        num_sequences=len(shards),
+        num_predictions=count,
+        mlm_accuracy=correct / count,
+        mlm_top5_accuracy=correct_top5 / count,
+        loss=loss_sum / count,
+        runtime=runtime,
+    )
+
+
+def _masked_examples(shards, tokenizer, seed: int) -> Callable[[int], object]:
+    """Sequence i with its predictions: as stored, or (--no-mask data) masked with a generator seeded by (seed, i),
+    so the masks do not depend on batching."""
+    import dataclasses
+
+    import numpy as np
+
+    from sbert_cli.data.masking import Masker, MaskingConfig
+
+    if shards.masked:
+        return shards.__getitem__
+    stored = shards.manifest.get("settings", {})
+    names = {f.name for f in dataclasses.fields(MaskingConfig)}
+    masker = Masker(tokenizer, MaskingConfig(**{k: v for k, v in stored.items() if k in names and v is not None}))
+
+    def masked(i: int):
+        example = shards[i]
+        return masker.mask(example.input_ids, example.word_ids, np.random.default_rng([seed, i]))
+
+    return masked
+
+
+def _score_masked(net, examples, lengths, pad_id, batch_size, device, precision, runtime, progress):
+    """(top-1 hits, top-5 hits, summed cross-entropy, predictions) over all masked tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    from sbert_cli.data.batching import length_sorted_batches, pad_batch
+    from sbert_cli.precision import autocast
+
+    start = time.perf_counter()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct_top5 = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with torch.inference_mode(), autocast(precision, device):
+        for batch in length_sorted_batches(lengths, batch_size):
+            sequences = [s for s in map(examples, batch) if len(s.masked_positions)]
+            if progress is not None:
+                progress(len(batch), len(lengths))
+            if not sequences:
+                continue
+            input_ids, attention_mask = pad_batch([s.input_ids for s in sequences], pad_id)
+            # Positions are padded with 0 ([CLS]); `valid` drops them from every sum.
+            positions, valid = pad_batch([s.masked_positions for s in sequences], 0)
+            labels = pad_batch([s.masked_labels for s in sequences], 0)[0]
+            valid = valid.to(device).bool()
+            logits = net(input_ids.to(device), attention_mask.to(device), masked_positions=positions.to(device))
+            logits = logits[valid].float()  # (P, V)
+            labels = labels.to(device)[valid]  # (P,)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+            hits = logits.topk(TOP_K, dim=-1).indices == labels[:, None]  # (P, 5)
+            correct += hits[:, 0].sum()
+            correct_top5 += hits.any(dim=-1).sum()
+            count += int(valid.sum())
+    runtime.add(len(lengths), int(sum(lengths)), time.perf_counter() - start)
+    return int(correct), int(correct_top5), float(loss_sum), count
