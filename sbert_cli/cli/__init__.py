@@ -2,8 +2,8 @@
 
 from sbert_cli.cli.app import app
 
-# Importing a command module registers its commands on `app`.
-from sbert_cli.cli import model_commands  # noqa: E402,F401
+# Importing a command module registers its commands on `app`, in the order `sbert --help` lists them.
+from sbert_cli.cli import download, convert, data, train, report, fill_mask, demo  # noqa: E402,F401
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ def fill_mask_command(
         for result in results:
             print(json.dumps(result.to_json(), ensure_ascii=False))
         return
+    print_results(results, joint)
+
+
+def print_results(results, joint: bool) -> None:
+    """Each text in bold, then its table of candidates."""
     from rich.markup import escape
 
     for result in results:

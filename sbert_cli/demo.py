@@ -1,0 +1,326 @@
+"""sbert demo: the whole pipeline, offline, on the bundled THUCNews titles, in one run dir.
+
+make-mlm-data -> pretrain a tiny BERT from scratch -> train-cls from it -> eval on dev -> predict and
+fill-mask, each stage the library function its command calls, plus a character n-gram TF-IDF + linear
+SVM baseline on the same sample, so the BERT's accuracy is read next to an honest reference.
+The dev titles are touched only by the final evaluations: the classifier keeps its last weights
+(no selection on dev) and pretraining holds out 5% of the train titles for its own evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sbert_cli.errors import ConfigError
+
+DEFAULT_OUT = Path("sbert-demo")
+# What a demo run writes into its folder; --force replaces these and nothing else.
+DEMO_ARTIFACTS = ("data", "mlm-data", "pretrain", "classifier", "eval", "baseline", "report.json", "report.md")
+STAGES = ("make-mlm-data", "pretrain", "train-cls", "eval", "baseline", "predict", "fill-mask")
+
+# Headlines written for the demo (not in the bundled train or dev titles).
+PREDICT_HEADLINES = (
+    "央行宣布下调存款准备金率0.5个百分点",
+    "湖人主场加时险胜凯尔特人 詹姆斯砍下40分",
+    "教育部：今年高考报名人数再创新高",
+    "《英雄联盟》全球总决赛下月在上海开幕",
+    "北京二手房成交量连续三周回升",
+    "周杰伦新专辑首周销量突破百万张",
+)
+# In the style of the titles (组图, 基金 and 高考 are among their most frequent words), so that minutes of
+# pretraining have a chance; everyday sentences need a real checkpoint.
+FILL_MASK_SENTENCES = (
+    "组[MASK]：周杰伦新片首映现场人气火爆",
+    "华夏[MASK]金：市场震荡仍是布局良机",
+    "今年高[MASK]报名人数公布",
+)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and hyperparameters of a demo run."""
+
+    config_name: str = "tiny"  # model preset trained from scratch
+    train_lines: int | None = None  # first N bundled train titles (None: all 9,000)
+    dev_lines: int | None = None  # first N bundled dev titles (None: all 1,000)
+    max_seq_len: int = 64  # the titles are at most ~50 tokens
+    # A small corpus seen for several epochs: re-mask it every epoch (make-mlm-data --no-mask, pretrain
+    # --dynamic-masking) so each pass asks for new predictions. High learning rates suit a tiny model.
+    dynamic_masking: bool = True
+    pretrain_epochs: int = 5
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 2e-3
+    pretrain_eval_fraction: float = 0.05
+    cls_epochs: int = 5
+    cls_batch_size: int = 64
+    cls_lr: float = 2e-3
+    seed: int = 42
+    device: str = "auto"
+
+
+FULL = DemoSettings()
+# For smoke tests (`sbert demo --quick`): every stage runs, on few titles and steps; the figures mean nothing.
+QUICK = DemoSettings(train_lines=200, dev_lines=100, pretrain_epochs=1, cls_epochs=1)
+
+
+@dataclass
+class StageOutcome:
+    """One finished stage: its library result, key figures (JSON), time, and the equivalent command."""
+
+    name: str
+    seconds: float
+    figures: dict[str, Any]
+    result: Any = field(default=None, repr=False)
+    command: str | None = None
+
+
+@dataclass
+class DemoReport:
+    out_dir: Path
+    settings: DemoSettings
+    stages: list[StageOutcome]
+    total_seconds: float
+    files: dict[str, str]
+
+    def stage(self, name: str) -> StageOutcome:
+        return next(s for s in self.stages if s.name == name)
+
+    def to_json(self) -> dict:
+        from sbert_cli import __version__
+
+        bert, baseline = self.stage("eval").figures, self.stage("baseline").figures
+        return {
+            "sbert_version": __version__,
+            "settings": asdict(self.settings),
+            "machine": machine_description(),
+            "dev_accuracy": {"bert": bert["accuracy"], "tfidf_linear_svm": baseline["accuracy"]},
+            "dev_macro_f1": {"bert": bert["macro_f1"], "tfidf_linear_svm": baseline["macro_f1"]},
+            "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "command": s.command, **s.figures} for s in self.stages],
+            "total_seconds": round(self.total_seconds, 2),
+            "files": self.files,
+        }
+
+
+def machine_description() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def prepare_demo_dir(out_dir: Path, force: bool) -> None:
+    """Refuse a non-empty folder unless forced; forced, remove only what an earlier demo wrote."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the demo run")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"--out {out_dir}: is not empty; pass --force to replace an earlier demo there, or choose another --out")
+        for name in DEMO_ARTIFACTS:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_sample(source: Path, destination: Path, lines: int | None) -> Path:
+    """Copy the first `lines` lines of a bundled file (all when None) into the run dir."""
+    with open(source, encoding="utf-8") as f:
+        kept = f.readlines() if lines is None else [line for _, line in zip(range(lines), f)]
+    destination.write_text("".join(kept), encoding="utf-8")
+    return destination
+
+
+def train_tfidf_baseline(train_file: Path, dev_file: Path, label_names: list[str], seed: int) -> dict[str, Any]:
+    """Character 1-2-gram TF-IDF + LinearSVC (scikit-learn defaults otherwise) trained on train, scored on dev."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    from sbert_cli.data.classification import read_classification_file
+    from sbert_cli.evaluate import classification_metrics
+
+    train = read_classification_file(train_file, label_names, allow_new_labels=False)
+    dev = read_classification_file(dev_file, label_names, allow_new_labels=False)
+    model = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True), LinearSVC(random_state=seed))
+    started = time.perf_counter()
+    model.fit(train.texts, train.labels)
+    train_seconds = time.perf_counter() - started
+    metrics = classification_metrics(dev.labels, model.predict(dev.texts), label_names)
+    return {"model": "TfidfVectorizer(analyzer='char', ngram_range=(1, 2), sublinear_tf=True) + LinearSVC",
+            "features": len(model[0].vocabulary_), "train_seconds": round(train_seconds, 2),
+            "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "confusion_matrix": metrics.confusion_matrix}
+
+
+def _command(*argv: Any) -> str:
+    return shlex.join(["sbert", *(str(a) for a in argv)])
+
+
+def _train_options(epochs: int, batch_size: int, lr: float, settings: DemoSettings) -> list[Any]:
+    argv = ["--epochs", epochs, "--batch-size", batch_size, "--lr", lr, "--seed", settings.seed]
+    return argv + (["--device", settings.device] if settings.device != "auto" else [])
+
+
+def run_demo(
+    out_dir: str | Path = DEFAULT_OUT,
+    settings: DemoSettings = FULL,
+    *,
+    force: bool = False,
+    console=None,
+    on_stage_start: Callable[[str, str | None], None] | None = None,
+    on_stage_end: Callable[[StageOutcome], None] | None = None,
+) -> DemoReport:
+    """Run every stage into out_dir and write report.json and report.md.
+
+    console: a rich Console for the training progress bars (None: silent). on_stage_start(name,
+    command) and on_stage_end(outcome) let the caller show each stage as it runs.
+    """
+    from sbert_cli.data.classification import read_label_names
+    from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+    from sbert_cli.evaluate import evaluate
+    from sbert_cli.fill_mask import run_fill_mask
+    from sbert_cli.predict import TextInput, load_classifier, predict_stream
+    from sbert_cli.pretrain import PretrainOptions, pretrain
+    from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
+    from sbert_cli.tokenizer import BertTokenizer
+    from sbert_cli.train import TrainConfig
+    from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+
+    out_dir = Path(out_dir)
+    prepare_demo_dir(out_dir, force)
+    s = settings
+    data_dir = out_dir / "data"
+    data_dir.mkdir()
+    train_file = write_sample(THUCNEWS_TRAIN, data_dir / "train.txt", s.train_lines)
+    dev_file = write_sample(THUCNEWS_DEV, data_dir / "dev.txt", s.dev_lines)
+    labels_file = write_sample(THUCNEWS_CLASSES, data_dir / "class.txt", None)
+    label_names = read_label_names(labels_file)
+    mlm_dir, pretrain_dir, cls_dir, eval_dir = (out_dir / n for n in ("mlm-data", "pretrain", "classifier", "eval"))
+    stages: list[StageOutcome] = []
+
+    def stage(name: str, command: str | None, work: Callable[[], tuple[Any, dict[str, Any]]]) -> Any:
+        if on_stage_start:
+            on_stage_start(name, command)
+        started = time.perf_counter()
+        result, figures = work()
+        outcome = StageOutcome(name, time.perf_counter() - started, figures, result, command)
+        stages.append(outcome)
+        if on_stage_end:
+            on_stage_end(outcome)
+        return result
+
+    demo_started = time.perf_counter()
+    mlm_settings = MLMDataSettings(max_seq_len=s.max_seq_len, seed=s.seed, mask=not s.dynamic_masking)
+
+    def make_data():
+        report = make_mlm_data([train_file], mlm_dir, BertTokenizer.from_vocab(CHINESE_VOCAB), mlm_settings)
+        counts = report.counts
+        return report, {"lines": counts["lines"], "sequences": counts["sequences"], "tokens": counts["tokens"],
+                        "masked": counts["masked"]}
+
+    no_mask = ["--no-mask"] if s.dynamic_masking else []
+    stage("make-mlm-data", _command("make-mlm-data", train_file, "--out", mlm_dir, "--max-seq-len", s.max_seq_len,
+                                    *no_mask, "--seed", s.seed), make_data)
+
+    def run_pretrain():
+        options = PretrainOptions(data=mlm_dir, config_name=s.config_name, dynamic_masking=s.dynamic_masking,
+                                  eval_fraction=s.pretrain_eval_fraction)
+        config = TrainConfig(out_dir=pretrain_dir, epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
+                             lr=s.pretrain_lr, seed=s.seed, device=s.device)
+        result = pretrain(options, config, console=console)
+        if result.train.interrupted:  # Ctrl-C: the checkpoint is saved; the later stages have nothing to start from
+            raise KeyboardInterrupt
+        held_out = result.train.last_eval or {}
+        return result, {"steps": result.train.step, "model_dir": str(result.model_dir),
+                        "held_out_mlm_accuracy": held_out.get("mlm_accuracy"), "held_out_perplexity": held_out.get("perplexity")}
+
+    pretrained = stage("pretrain", _command(
+        "pretrain", "--data", mlm_dir, "--config", s.config_name, *(["--dynamic-masking"] if s.dynamic_masking else []),
+        "--eval-fraction", s.pretrain_eval_fraction,
+        "--out", pretrain_dir, *_train_options(s.pretrain_epochs, s.pretrain_batch_size, s.pretrain_lr, s)), run_pretrain)
+
+    def run_train_cls():
+        options = ClassifierOptions(data_dir=None, train_file=train_file, labels_file=labels_file,
+                                    model=str(pretrained.model_dir), max_seq_len=s.max_seq_len)
+        config = TrainConfig(out_dir=cls_dir, epochs=s.cls_epochs, batch_size=s.cls_batch_size, lr=s.cls_lr,
+                             seed=s.seed, device=s.device)
+        result = train_classifier(options, config, console=console)
+        if result.train.interrupted:
+            raise KeyboardInterrupt
+        return result, {"steps": result.train.step, "model_dir": str(result.model_dir)}
+
+    classifier = stage("train-cls", _command(
+        "train-cls", "--train", train_file, "--labels", labels_file, "--model", pretrained.model_dir,
+        "--max-seq-len", s.max_seq_len, "--out", cls_dir, *_train_options(s.cls_epochs, s.cls_batch_size, s.cls_lr, s)),
+        run_train_cls)
+
+    def run_eval():
+        evaluation = evaluate(classifier.model_dir, dev_file, task="cls", out_dir=eval_dir, device=s.device)
+        return evaluation, {"examples": evaluation.metrics.num_examples, "accuracy": evaluation.metrics.accuracy,
+                            "macro_f1": evaluation.metrics.macro_f1, **evaluation.files}
+
+    device_options = ["--device", s.device] if s.device != "auto" else []
+    stage("eval", _command("eval", "--model", classifier.model_dir, "--data", dev_file, "--out", eval_dir, *device_options),
+          run_eval)
+
+    def run_baseline():
+        figures = train_tfidf_baseline(train_file, dev_file, label_names, s.seed)
+        (out_dir / "baseline").mkdir()
+        (out_dir / "baseline" / "metrics.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        return figures, figures
+
+    stage("baseline", None, run_baseline)
+
+    def run_predict():
+        model = load_classifier(classifier.model_dir, device=s.device)
+        inputs = [TextInput(text, f"headline {i}") for i, text in enumerate(PREDICT_HEADLINES, 1)]
+        predictions = list(predict_stream(model, inputs, top_k=1))
+        return predictions, {"predictions": [p.to_json() for p in predictions]}
+
+    stage("predict", _command("predict", "--model", classifier.model_dir, *device_options, *PREDICT_HEADLINES), run_predict)
+
+    def run_fill():
+        results = run_fill_mask(pretrained.model_dir, list(FILL_MASK_SENTENCES), top_k=5, device=s.device)
+        return results, {"fill_mask": [r.to_json() for r in results]}
+
+    stage("fill-mask", _command("fill-mask", "--model", pretrained.model_dir, *device_options, *FILL_MASK_SENTENCES), run_fill)
+
+    report = DemoReport(out_dir, settings, stages, time.perf_counter() - demo_started,
+                        {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md")})
+    summary = report.to_json()
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(report_markdown(summary), encoding="utf-8")
+    return report
+
+
+def report_markdown(summary: dict) -> str:
+    """report.json as a short Markdown page: the two accuracies, then each stage with its time and command."""
+    accuracy, macro_f1 = summary["dev_accuracy"], summary["dev_macro_f1"]
+    settings, machine = summary["settings"], summary["machine"]
+    stages = {s["name"]: s for s in summary["stages"]}
+    lines = [
+        "# sbert demo report", "",
+        f"THUCNews titles: {stages['make-mlm-data']['lines']:,} for training, {stages['eval']['examples']:,} dev "
+        f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}.", "",
+        "| model | dev accuracy | dev macro-F1 |", "|---|---:|---:|",
+        f"| {settings['config_name']} BERT, pretrained here from scratch, then fine-tuned | {accuracy['bert']:.4f} | {macro_f1['bert']:.4f} |",
+        f"| char 1-2-gram TF-IDF + LinearSVC | {accuracy['tfidf_linear_svm']:.4f} | {macro_f1['tfidf_linear_svm']:.4f} |", "",
+        "| stage | seconds | same as |", "|---|---:|---|",
+    ]
+    for stage in summary["stages"]:
+        command = f"`{stage['command']}`" if stage["command"] else "scikit-learn, in the demo"
+        lines.append(f"| {stage['name']} | {stage['seconds']:.1f} | {command} |")
+    lines += [f"| **total** | **{summary['total_seconds']:.1f}** | |", "",
+              f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch threads: {machine['torch_threads']}, "
+              f"torch {machine['torch']}" + (f", {machine['cuda']}" if machine["cuda"] else "") + ".", ""]
+    return "\n".join(lines)

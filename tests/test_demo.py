@@ -1,0 +1,109 @@
+"""sbert demo: the quick run completes through the CLI and writes every stage's output and the report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sbert_cli.cli import app
+from sbert_cli.demo import DEMO_ARTIFACTS, STAGES, prepare_demo_dir, train_tfidf_baseline
+from sbert_cli.errors import ConfigError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    return out, result
+
+
+def test_quick_demo_writes_every_stage_and_the_report(quick_demo):
+    out, result = quick_demo
+    assert result.exit_code == 0, result.output
+    for path in ("data/train.txt", "data/dev.txt", "data/class.txt", "mlm-data/manifest.json",
+                 "pretrain/metrics.jsonl", "pretrain/curves.png", "classifier/last/model.safetensors",
+                 "eval/metrics.json", "eval/misclassified.tsv", "baseline/metrics.json", "report.md"):
+        assert (out / path).is_file(), path
+    assert (out / "eval/confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+    assert len((out / "data/train.txt").read_text(encoding="utf-8").splitlines()) == 200  # --quick's sample
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [s["name"] for s in report["stages"]] == list(STAGES)
+    assert all(s["seconds"] >= 0 for s in report["stages"])
+    assert report["total_seconds"] >= sum(s["seconds"] for s in report["stages"]) - 0.1
+    eval_metrics = json.loads((out / "eval/metrics.json").read_text(encoding="utf-8"))
+    assert report["dev_accuracy"]["bert"] == eval_metrics["accuracy"]
+    assert 0.0 <= report["dev_accuracy"]["tfidf_linear_svm"] <= 1.0
+    assert len(report["stages"][STAGES.index("predict")]["predictions"]) == 6
+    assert report["settings"]["train_lines"] == 200
+
+    for name in STAGES:  # a heading per stage, and both accuracies side by side in the summary
+        assert f"/{len(STAGES)} {name}" in result.output
+    summary = result.output.split("summary")[-1]
+    assert f"{report['dev_accuracy']['bert']:.4f}" in summary
+    assert f"{report['dev_accuracy']['tfidf_linear_svm']:.4f}" in summary
+    assert "total" in summary
+    assert f"{report['dev_accuracy']['bert']:.4f}" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_demo_commands_are_real_cli_commands(quick_demo):
+    """Every 'same as: sbert ...' line parses with the real CLI, so the printed recipe cannot drift from it."""
+    out, _ = quick_demo
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    group = typer.main.get_command(app)
+    commands = [s["command"] for s in report["stages"] if s["command"]]
+    assert len(commands) == len(STAGES) - 1  # all but the scikit-learn baseline
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "sbert"
+        sub = group.get_command(None, argv[1])
+        assert sub is not None, command
+        sub.make_context(argv[1], argv[2:])  # raises on an unknown option or a bad value
+
+
+def test_demo_refuses_a_non_empty_out_without_force(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is not empty" in result.output and "--force" in result.output
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert not (tmp_path / "data").exists()
+
+
+def test_force_removes_only_what_a_demo_wrote(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / "report.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "pretrain" / "last").mkdir(parents=True)
+    prepare_demo_dir(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert "notes.txt" not in DEMO_ARTIFACTS
+    with pytest.raises(ConfigError, match="is a file"):
+        prepare_demo_dir(tmp_path / "notes.txt", force=True)
+
+
+def test_tfidf_baseline_scores_the_bundled_dev_set_as_the_readme_says(thucnews_train, thucnews_dev, thucnews_classes):
+    from sbert_cli.data.classification import read_label_names
+
+    figures = train_tfidf_baseline(thucnews_train, thucnews_dev, read_label_names(thucnews_classes), seed=42)
+    assert figures["accuracy"] == pytest.approx(0.872, abs=0.005)  # the figure the README quotes
+    assert sum(map(sum, figures["confusion_matrix"])) == 1000
+
+
+def test_example_scripts_are_valid():
+    """The examples are run by hand (they need a hub or minutes); here they must at least parse."""
+    import subprocess
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    scripts = sorted(examples.glob("*.sh"))
+    assert {p.name for p in scripts} >= {"full_recipe.sh", "distributed.sh"}
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    source = examples / "hf_interop.py"
+    compile(source.read_text(encoding="utf-8"), str(source), "exec")
