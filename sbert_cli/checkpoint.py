@@ -254,6 +254,16 @@ def replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
+def remove_outputs(folder: Path, names) -> None:
+    """Delete the named files or folders of an earlier run in `folder` (what --force replaces), nothing else."""
+    for name in names:
+        target = Path(folder) / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 def save_model(model: nn.Module, out_dir: str | Path, tokenizer: BertTokenizer, task: str, **kwargs) -> Path:
     """save_model_dir for a live model."""
     return save_model_dir(out_dir, model.config, full_state_dict(model), tokenizer, task, **kwargs)

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,12 +123,9 @@ def prepare_demo_dir(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise ConfigError(f"--out {out_dir}: is not empty; pass --force to replace an earlier demo there, or choose another --out")
-        for name in DEMO_ARTIFACTS:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        from sbert_cli.checkpoint import remove_outputs
+
+        remove_outputs(out_dir, DEMO_ARTIFACTS)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -184,7 +184,9 @@ def build_mlm_model(options: PretrainOptions, seed: int):
         return build_model(preset(options.config_name, vocab_size=len(tokenizer)), "mlm"), tokenizer, ["all parameters (--config)"]
     model_dir = resolve_model_dir(options.model)
     loaded = load_for_task(model_dir, "mlm", allow_new_head=True)
-    return loaded.model, load_tokenizer(model_dir), loaded.initialized
+    # The pooler is not used by the MLM objective (and is frozen here), so a missing one is not news.
+    new_head = [name for name in loaded.initialized if not name.startswith("bert.pooler.")]
+    return loaded.model, load_tokenizer(model_dir), new_head
 
 
 def pretrain(options: PretrainOptions, config: TrainConfig, console=None, on_micro_batch=None) -> PretrainResult:

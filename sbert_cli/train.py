@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sbert_cli.checkpoint import remove_outputs
 from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, split_batch
 from sbert_cli.errors import ConfigError, ResumeError, SbertError
 from sbert_cli.precision import autocast, grad_scaler, resolve_device, resolve_precision
@@ -265,12 +266,7 @@ def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
 def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if force and not resume:
-        for name in RUN_ARTIFACTS:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(out_dir, RUN_ARTIFACTS)
     checkpoints = out_dir / "checkpoints"
     if checkpoints.is_dir():
         for leftover in checkpoints.glob(".*"):  # temp dirs of a save that was killed

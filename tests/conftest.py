@@ -59,6 +59,18 @@ def hf_cls_dir(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for training tests: faster on 2 shared cores, and the same numerics as
+    OMP_NUM_THREADS=1 subprocesses (exact-resume and torchrun comparisons depend on that)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def vocab_path() -> Path:
     return CHINESE_VOCAB

@@ -17,12 +17,7 @@ from sbert_cli.pretrain import MLMSource, PretrainOptions, TRAIN_STREAM, _masker
 from sbert_cli.tokenizer import BertTokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +75,14 @@ def test_continued_pretraining_from_hf_checkpoint_without_mlm_head(tmp_path, mas
     assert result.exit_code == 0, result.output
     assert "has no MLM head; initialised fresh" in result.stdout
     assert load_for_task(tmp_path / "run" / "last", "mlm").initialized == []
+
+
+def test_continued_pretraining_from_hf_mlm_checkpoint_reports_no_new_head(tmp_path, masked_data, hf_mlm_dir):
+    # transformers' BertForMaskedLM saves no pooler; the MLM head is complete, so nothing is "initialised fresh".
+    result = run("pretrain", "--data", masked_data, "--model", hf_mlm_dir, "--out", tmp_path / "run", "--max-steps", 1,
+                 "--batch-size", 8, "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert "initialised fresh" not in result.stdout
 
 
 def test_dynamic_masks_depend_on_seed_epoch_and_index_only(unmasked_data, tokenizer):

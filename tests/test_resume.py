@@ -21,12 +21,7 @@ from sbert_cli.train import TrainConfig, checkpoint_dirs
 from sbert_cli.train_classifier import ClassifierOptions, train_classifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

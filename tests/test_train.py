@@ -25,13 +25,7 @@ from sbert_cli.train import (
 from sbert_cli.train_classifier import ClassifierOptions, train_classifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: one intra-op thread is faster and keeps numerics fixed.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

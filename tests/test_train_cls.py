@@ -12,12 +12,7 @@ from sbert_cli.cli import app
 from sbert_cli.checkpoint import load_for_task
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):

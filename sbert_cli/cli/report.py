@@ -68,14 +68,14 @@ def eval_command(
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     elif result.task == "cls":
-        _render_classification(summary)
+        render_classification(summary)
     else:
         _render_mlm(summary)
     unit = "examples" if result.task == "cls" else "sequences"
     err_console.print(f"eval: {result.runtime.summary(unit)}")
 
 
-def _render_classification(summary: dict) -> None:
+def render_classification(summary: dict) -> None:
     from rich.table import Table
 
     console.print(
@@ -176,7 +176,7 @@ def predict_command(
     with _progress_bar("predicting", inputs.total) as progress:
         predictions = predict_stream(classifier, inputs.items, top_k, progress=progress)
         if output_format == "table":
-            _render_predictions_table(list(predictions), top_k)
+            render_predictions_table(list(predictions), top_k)
         else:
             for prediction in predictions:
                 sys.stdout.write(_prediction_line(prediction, output_format) + "\n")
@@ -191,7 +191,7 @@ def _prediction_line(prediction, output_format: str) -> str:
     return "\t".join([text] + [f"{label}\t{score:.4f}" for label, score in prediction.labels])
 
 
-def _render_predictions_table(predictions: list, top_k: int) -> None:
+def render_predictions_table(predictions: list, top_k: int) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)

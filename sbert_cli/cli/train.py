@@ -110,11 +110,11 @@ def train_cls(
     _print_run_summary(result.train)
     if result.train.interrupted:
         raise typer.Exit(130)
-    from sbert_cli.cli.report import _render_classification  # the same report as `sbert eval`
+    from sbert_cli.cli.report import render_classification  # the same report as `sbert eval`
 
     for name, evaluation in result.reports.items():
         console.rule(f"{name} ({result.model_dir.name} model)")
-        _render_classification(evaluation.to_json())
+        render_classification(evaluation.to_json())
     if result.model_dir is not None:
         console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
 
