@@ -21,7 +21,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def fail(message: str) -> "typer.Exit":
     """Print one error line and return the exit to raise."""
-    click.echo(f"error: {message}", err=True)
+    click.echo("error: " + message.replace("\r", " ").replace("\n", " "), err=True)  # one line, whatever it held
     return typer.Exit(1)
 
 
@@ -50,8 +50,9 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
@@ -59,3 +60,5 @@ def _root(
 
         console.print(f"sbert {__version__}")
         raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())

@@ -1,0 +1,44 @@
+"""The CLI's error boundary (cli/app.py): SbertError becomes one line on stderr and exit code 1."""
+
+import subprocess
+import sys
+
+import typer
+from typer.testing import CliRunner
+
+from sbert_cli.cli.app import SbertGroup
+from sbert_cli.errors import DataError
+
+
+def _app_raising(error: Exception) -> typer.Typer:
+    app = typer.Typer(cls=SbertGroup)
+
+    @app.command()
+    def boom() -> None:
+        raise error
+
+    @app.command()
+    def other() -> None:  # two commands, so typer keeps the group (and its invoke) in place
+        pass
+
+    return app
+
+
+def test_sbert_error_is_one_line_with_exit_code_1_even_if_the_message_has_newlines():
+    result = CliRunner().invoke(_app_raising(DataError("train.txt:3: bad row\nfix it")), ["boom"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: train.txt:3: bad row fix it\n"
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_every_command_and_does_not_import_torch():
+    code = "import sys; from sbert_cli.cli import app; app(['--help'], prog_name='sbert', standalone_mode=False); sys.exit('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for command in ("download", "convert-weights", "make-mlm-data", "pretrain", "train-cls", "eval", "predict", "fill-mask", "plot", "demo"):
+        assert command in result.stdout
+
+
+def test_python_dash_m_works_like_sbert():
+    result = subprocess.run([sys.executable, "-m", "sbert_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("sbert ")
