@@ -93,22 +93,8 @@ def download(
     progress: bool = True,
     force: bool = False,
     cache_dir: str | Path | None = None,
-) -> Path:
-    """Download what a BERT needs from the hub into out_dir, or into the Hugging Face cache; returns the folder."""
-    return download_model(repo_id, out_dir, revision, endpoint, token, progress, force, cache_dir).path
-
-
-def download_model(
-    repo_id: str = DEFAULT_REPO,
-    out_dir: str | Path | None = None,
-    revision: str | None = None,
-    endpoint: str | None = None,
-    token: str | None = None,
-    progress: bool = True,
-    force: bool = False,
-    cache_dir: str | Path | None = None,
 ) -> DownloadedModel:
-    """`download`, returning what was downloaded where (for the CLI's summary).
+    """Download what a BERT needs into out_dir, or into the Hugging Face cache; returns the folder (`.path`) and what was fetched.
 
     Without out_dir the files go into the HF cache (HF_HOME), where a later `--model REPO_ID` finds them
     offline. An out_dir that holds anything but an earlier download of this repo is refused unless force.
@@ -179,7 +165,7 @@ def fetch_model(repo_id: str, cache_dir: str | Path | None = None, progress: boo
         return cached
     if constants.HF_HUB_OFFLINE:
         raise DownloadError(_offline_message(repo_id, cache_dir))
-    return download(repo_id, progress=progress, cache_dir=cache_dir)
+    return download(repo_id, progress=progress, cache_dir=cache_dir).path
 
 
 def cached_snapshot(repo_id: str, revision: str = "main", cache_dir: str | Path | None = None) -> Path | None:

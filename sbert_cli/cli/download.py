@@ -32,9 +32,9 @@ def download_command(
     from rich.filesize import decimal
     from rich.table import Table
 
-    from sbert_cli.hub import download_model
+    from sbert_cli.hub import download
 
-    result = download_model(repo_id, out_dir=out, revision=revision, endpoint=endpoint, force=force)
+    result = download(repo_id, out_dir=out, revision=revision, endpoint=endpoint, force=force)
 
     commit = f" @ {result.commit[:10]}" if result.commit else ""
     console.print(f"[bold]{result.repo_id}[/]{commit} -> {result.path}", soft_wrap=True)
