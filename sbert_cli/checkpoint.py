@@ -205,29 +205,10 @@ def save_model_dir(
     source: str | None = None,
     extra_meta: dict | None = None,
 ) -> Path:
-    """Write an sbert model dir atomically: into a temporary sibling, then renamed into place."""
-    from safetensors.torch import save_file
-
+    """Write an sbert model dir atomically (see write_model_files), with sbert.json."""
     from sbert_cli import __version__
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    config.save(tmp / "config.json")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
-        shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
-    else:
-        ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
-        (tmp / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
-    (tmp / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case}, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in tensors)]
+    heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
     meta = {
         "format": FORMAT_VERSION,
         "sbert_version": __version__,
@@ -237,8 +218,51 @@ def save_model_dir(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_meta or {}),
     }
-    (tmp / SBERT_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    replace_dir(tmp, out_dir)
+    return write_model_files(out_dir, config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})
+
+
+def write_model_files(
+    out_dir: str | Path,
+    config_json: dict,
+    tensors: dict[str, torch.Tensor],
+    tokenizer: BertTokenizer,
+    tokenizer_config: dict | None = None,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
+    """config.json, model.safetensors, vocab.txt, tokenizer_config.json (and extra JSON files) into out_dir.
+
+    Written into a temporary sibling, then renamed into place, so out_dir is never half-written; the one
+    writer behind sbert model dirs and `convert-weights --to hf` exports.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        json_files = {
+            "config.json": config_json,
+            "tokenizer_config.json": {
+                "tokenizer_class": "BertTokenizer",
+                "do_lower_case": tokenizer.do_lower_case,
+                **(tokenizer_config or {}),
+            },
+            **(extra_json or {}),
+        }
+        for name, content in json_files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
+            shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
+        else:
+            ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
+            (tmp / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something above failed
     return out_dir
 
 

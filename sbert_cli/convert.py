@@ -6,9 +6,6 @@ other command is exactly what this writes to disk.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +14,9 @@ from sbert_cli.checkpoint import (
     load_for_task,
     load_tokenizer,
     read_checkpoint,
-    replace_dir,
     resolve_model_dir,
     save_model_dir,
+    write_model_files,
 )
 from sbert_cli.errors import ConfigError
 from sbert_cli.fill_mask import ProbeResult, probe_mlm_head
@@ -121,27 +118,10 @@ def convert_weights(
 
 def write_hf_dir(checkpoint: Checkpoint, tokenizer: BertTokenizer, destination: Path, architecture: str) -> Path:
     """Write config.json, model.safetensors (transformers' names), vocab.txt and tokenizer_config.json atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous() for k, v in export_hf_state_dict(checkpoint.state).items()}
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.parent / f".{destination.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        config = checkpoint.config.to_dict()
-        config["architectures"] = [architecture]
-        config["model_type"] = "bert"
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
-        tokenizer_config = {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": tokenizer.do_lower_case,
-            "model_max_length": checkpoint.config.max_position_embeddings,
-        }
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, destination)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something above failed
-    return destination
+    config = checkpoint.config.to_dict()
+    config["architectures"] = [architecture]
+    config["model_type"] = "bert"
+    return write_model_files(
+        destination, config, export_hf_state_dict(checkpoint.state), tokenizer,
+        tokenizer_config={"model_max_length": checkpoint.config.max_position_embeddings},
+    )

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sbert_cli.checkpoint import remove_outputs
+from sbert_cli.checkpoint import remove_outputs, replace_dir
 from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, split_batch
 from sbert_cli.errors import ConfigError, ResumeError, SbertError
 from sbert_cli.precision import autocast, grad_scaler, resolve_device, resolve_precision
@@ -330,9 +330,7 @@ def save_checkpoint(out_dir: Path, model: nn.Module, task: Task, trainer_state: 
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     _fsync_dir(root)
     for old in checkpoint_dirs(out_dir)[:-keep_last]:
         if old != final:
@@ -735,7 +733,7 @@ class Trainer:
         return StepStats(float(tail[0]), int(total_units), int(total_tokens), lr, bool(tail[1] > 0))
 
     def run(self, stop: "StopRequest") -> TrainResult:
-        config, result = self.config, self.result
+        result = self.result
         log = _LogWindow()
         self.reporter.advance(self.step, None)
         # One thread collates the next step's batches (tokens, dynamic masks) while this step computes.
