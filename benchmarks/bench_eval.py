@@ -93,12 +93,12 @@ class TransformersLoop:
 
 class SbertEval:
     def __init__(self, model_dir: Path, device: str, precision: str, batch_size: int):
-        from sbert_cli.predict import load_classifier
+        from sbert_cli.tasks.classification import load_classifier
 
         self.classifier = load_classifier(model_dir, batch_size=batch_size, precision=precision, device=device)
 
     def __call__(self, data: Path) -> np.ndarray:
-        from sbert_cli.evaluate import evaluate_classifier
+        from sbert_cli.tasks.evaluate import evaluate_classifier
 
         return np.asarray(evaluate_classifier(self.classifier, data).predictions)
 
@@ -124,7 +124,7 @@ def main() -> None:
 
     import transformers
 
-    from sbert_cli.precision import resolve_device, resolve_precision
+    from sbert_cli.model.precision import resolve_device, resolve_precision
     from sbert_cli.resources import THUCNEWS_CLASSES
 
     device = resolve_device(args.device)

@@ -24,10 +24,10 @@ def build_pair(config_kwargs: dict, seed: int):
     """(ours, theirs): a random transformers BertModel and our BertModel loaded with its weights."""
     import transformers
 
-    from sbert_cli.checkpoint import expected_shapes
-    from sbert_cli.config import BertConfig
-    from sbert_cli.hf_weights import convert_hf_state_dict
-    from sbert_cli.model import BertModel
+    from sbert_cli.model.bert import BertModel
+    from sbert_cli.model.config import BertConfig
+    from sbert_cli.model.hf_weights import convert_hf_state_dict
+    from sbert_cli.model.model_dir import expected_shapes
 
     torch.manual_seed(seed)
     theirs = transformers.BertModel(transformers.BertConfig(**config_kwargs)).eval()
@@ -107,7 +107,7 @@ def main() -> None:
 
     import transformers
 
-    from sbert_cli.precision import cpu_supports_bf16
+    from sbert_cli.model.precision import cpu_supports_bf16
 
     config = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
                   intermediate_size=3072, max_position_embeddings=512)

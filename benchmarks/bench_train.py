@@ -36,7 +36,7 @@ def build_model_dir(out: Path, task: str, labels: list[str], config_name: str, s
     """A random transformers BertForSequenceClassification (cls) or BertForMaskedLM (mlm), saved with the Chinese vocab."""
     import transformers
 
-    from sbert_cli.config import PRESETS
+    from sbert_cli.model.config import PRESETS
     from sbert_cli.resources import CHINESE_VOCAB
 
     torch.manual_seed(seed)
@@ -59,19 +59,19 @@ def long_texts(count: int, titles_per_text: int = 12) -> tuple[list[str], list[i
 
 def make_task(task: str, model_dir: Path, scratch: Path, examples: int, seq_len: int, labels: list[str]):
     """The sbert task adapter over the benchmark data, and the tokenizer."""
-    from sbert_cli.checkpoint import load_tokenizer
+    from sbert_cli.model.model_dir import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     texts, label_ids = long_texts(examples)
     if task == "cls":
         from sbert_cli.data.classification import ClassificationData
-        from sbert_cli.train_classifier import ClassificationTask, encode_split
+        from sbert_cli.tasks.classification import ClassificationTask, encode_split
 
         data = ClassificationData(scratch / "train.txt", texts, None, label_ids, labels, list(range(1, examples + 1)))
         return ClassificationTask(encode_split(data, tokenizer, seq_len), None, tokenizer, "accuracy", seq_len)
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.data.shards import MLMShards
-    from sbert_cli.pretrain import TRAIN_STREAM, MLMSource, MLMTask
+    from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, MLMTask
 
     corpus = scratch / "corpus.txt"
     corpus.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
@@ -98,8 +98,8 @@ def time_steps(step, batches: list[list[int]], device: torch.device) -> float:
 
 
 def sbert_run(task_name, model_dir, task, batches, device, precision, scratch: Path) -> float:
-    from sbert_cli.checkpoint import load_for_task
-    from sbert_cli.train import TrainConfig, Trainer
+    from sbert_cli.model.model_dir import load_for_task
+    from sbert_cli.train.loop import TrainConfig, Trainer
 
     model = load_for_task(model_dir, task_name).model
     config = TrainConfig(out_dir=scratch / "unused", batch_size=len(batches[0]), max_steps=len(batches), lr=2e-5)
@@ -113,8 +113,8 @@ def sbert_run(task_name, model_dir, task, batches, device, precision, scratch: P
 def transformers_run(task_name, model_dir, task, batches, device, precision) -> float:
     import transformers
 
-    from sbert_cli.precision import autocast
-    from sbert_cli.train import lr_factor, optimizer_groups
+    from sbert_cli.model.precision import autocast
+    from sbert_cli.train.loop import lr_factor, optimizer_groups
 
     model_class = transformers.BertForSequenceClassification if task_name == "cls" else transformers.BertForMaskedLM
     model = model_class.from_pretrained(str(model_dir)).to(device).train()
@@ -166,7 +166,7 @@ def main() -> None:
     import transformers
 
     from sbert_cli.data.batching import bucketed_batches
-    from sbert_cli.precision import resolve_device, resolve_precision
+    from sbert_cli.model.precision import resolve_device, resolve_precision
     from sbert_cli.resources import THUCNEWS_CLASSES
 
     device = resolve_device(args.device)

@@ -8,7 +8,7 @@ __all__ = ["__version__", "load_model", "load_tokenizer"]
 def __getattr__(name):
     # The Python API, imported lazily so `import sbert_cli` (and the CLI's --help) does not pull in torch.
     if name in ("load_model", "load_tokenizer"):
-        from sbert_cli import checkpoint
+        from sbert_cli.model import model_dir as checkpoint
 
         return getattr(checkpoint, name)
     raise AttributeError(f"module 'sbert_cli' has no attribute {name!r}")

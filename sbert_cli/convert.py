@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sbert_cli.checkpoint import (
+from sbert_cli.errors import ConfigError
+from sbert_cli.model.hf_weights import export_hf_state_dict
+from sbert_cli.model.model_dir import (
     Checkpoint,
     load_for_task,
     load_tokenizer,
@@ -18,10 +20,8 @@ from sbert_cli.checkpoint import (
     save_model_dir,
     write_model_files,
 )
-from sbert_cli.errors import ConfigError
-from sbert_cli.fill_mask import ProbeResult, probe_mlm_head
-from sbert_cli.hf_weights import export_hf_state_dict
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
+from sbert_cli.tasks.mlm import ProbeResult, probe_mlm_head
 
 DIRECTIONS = ("sbert", "hf")
 # transformers class for the heads a checkpoint holds; the classifier wins when both are present.

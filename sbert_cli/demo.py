@@ -123,7 +123,7 @@ def prepare_demo_dir(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise ConfigError(f"--out {out_dir}: is not empty; pass --force to replace an earlier demo there, or choose another --out")
-        from sbert_cli.checkpoint import remove_outputs
+        from sbert_cli.model.model_dir import remove_outputs
 
         remove_outputs(out_dir, DEMO_ARTIFACTS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def train_tfidf_baseline(train_file: Path, dev_file: Path, label_names: list[str
     from sklearn.svm import LinearSVC
 
     from sbert_cli.data.classification import read_classification_file
-    from sbert_cli.evaluate import classification_metrics
+    from sbert_cli.tasks.evaluate import classification_metrics
 
     train = read_classification_file(train_file, label_names, allow_new_labels=False)
     dev = read_classification_file(dev_file, label_names, allow_new_labels=False)
@@ -183,14 +183,23 @@ def run_demo(
     """
     from sbert_cli.data.classification import read_label_names
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
-    from sbert_cli.evaluate import evaluate
-    from sbert_cli.fill_mask import run_fill_mask
-    from sbert_cli.predict import TextInput, load_classifier, predict_stream
-    from sbert_cli.pretrain import PretrainOptions, pretrain
-    from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
-    from sbert_cli.tokenizer import BertTokenizer
-    from sbert_cli.train import TrainConfig
-    from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+    from sbert_cli.model.tokenizer import BertTokenizer
+    from sbert_cli.resources import (
+        CHINESE_VOCAB,
+        THUCNEWS_CLASSES,
+        THUCNEWS_DEV,
+        THUCNEWS_TRAIN,
+    )
+    from sbert_cli.tasks.classification import (
+        ClassifierOptions,
+        TextInput,
+        load_classifier,
+        predict_stream,
+        train_classifier,
+    )
+    from sbert_cli.tasks.evaluate import evaluate
+    from sbert_cli.tasks.mlm import PretrainOptions, pretrain, run_fill_mask
+    from sbert_cli.train.loop import TrainConfig
 
     out_dir = Path(out_dir)
     prepare_demo_dir(out_dir, force)

@@ -11,7 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub by accident
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN  # noqa: E402
+from sbert_cli.resources import (  # noqa: E402
+    CHINESE_VOCAB,
+    THUCNEWS_CLASSES,
+    THUCNEWS_DEV,
+    THUCNEWS_TRAIN,
+)
 
 TINY_HF_CONFIG = dict(
     vocab_size=21128,

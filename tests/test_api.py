@@ -11,7 +11,11 @@ import torch
 import sbert_cli
 from sbert_cli import load_model, load_tokenizer
 from sbert_cli.errors import ModelLoadError
-from sbert_cli.model import BertForMaskedLM, BertForSequenceClassification, BertModel
+from sbert_cli.model.bert import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+)
 
 
 def test_import_does_not_load_torch():

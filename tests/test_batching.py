@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, pad_batch, split_batch
+from sbert_cli.data.batching import (
+    bucketed_batches,
+    length_sorted_batches,
+    pad_batch,
+    split_batch,
+)
 
 
 def test_pad_batch_pads_to_the_longest_only():

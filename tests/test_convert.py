@@ -7,14 +7,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_hf_checkpoint
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import make_hf_checkpoint
 from sbert_cli.cli import app
 from sbert_cli.convert import convert_weights
 from sbert_cli.errors import ConfigError
-from sbert_cli.hf_weights import normalize_hf_name
+from sbert_cli.model.hf_weights import normalize_hf_name
 
 transformers = pytest.importorskip("transformers")
 

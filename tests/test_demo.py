@@ -10,7 +10,12 @@ import typer
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.demo import DEMO_ARTIFACTS, STAGES, prepare_demo_dir, train_tfidf_baseline
+from sbert_cli.demo import (
+    DEMO_ARTIFACTS,
+    STAGES,
+    prepare_demo_dir,
+    train_tfidf_baseline,
+)
 from sbert_cli.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

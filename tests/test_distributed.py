@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.errors import ResumeError
-from sbert_cli.tokenizer import BertTokenizer
-from sbert_cli.train import TrainConfig
-from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+from sbert_cli.model.tokenizer import BertTokenizer
+from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+from sbert_cli.train.loop import TrainConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

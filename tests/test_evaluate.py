@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError
-from sbert_cli.evaluate import classification_metrics, evaluate, infer_task
+from sbert_cli.tasks.evaluate import classification_metrics, evaluate, infer_task
 
 CLS_KEYS = {
     "task", "model", "data", "num_examples", "accuracy", "macro_f1", "loss", "macro", "micro", "weighted",
@@ -128,8 +128,8 @@ def test_infer_task(hf_cls_dir, hf_mlm_dir, tmp_path):
 def test_infer_task_both_heads_asks_for_task(hf_mlm_dir, tmp_path):
     import torch
 
-    from sbert_cli.checkpoint import read_checkpoint, save_model_dir
-    from sbert_cli.tokenizer import BertTokenizer
+    from sbert_cli.model.model_dir import read_checkpoint, save_model_dir
+    from sbert_cli.model.tokenizer import BertTokenizer
 
     ck = read_checkpoint(hf_mlm_dir)
     config = ck.config.with_labels(["a", "b"])
@@ -208,8 +208,8 @@ def raw_text(tmp_path_factory, thucnews_train) -> Path:
 
 
 def _make_shards(raw_text, out, tokenizer_dir, **settings):
-    from sbert_cli.checkpoint import load_tokenizer
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+    from sbert_cli.model.model_dir import load_tokenizer
 
     return make_mlm_data([raw_text], out, load_tokenizer(tokenizer_dir), MLMDataSettings(**settings)).out
 
@@ -258,10 +258,10 @@ def test_mlm_accuracy_counts_hits(hf_mlm_dir, raw_text, tmp_path):
     # A model that predicts the token it sees is right exactly on the predictions left unchanged.
     import torch
 
-    from sbert_cli.checkpoint import load_tokenizer
     from sbert_cli.data.shards import MLMShards
-    from sbert_cli.evaluate import _masked_examples, _score_masked
-    from sbert_cli.predict import Runtime
+    from sbert_cli.model.model_dir import load_tokenizer
+    from sbert_cli.tasks.classification import Runtime
+    from sbert_cli.tasks.evaluate import _masked_examples, _score_masked
 
     class CopyInput(torch.nn.Module):
         def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None):

@@ -8,14 +8,14 @@ import math
 
 import pytest
 import torch
+from conftest import make_hf_checkpoint
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import make_hf_checkpoint
-from sbert_cli.checkpoint import load_for_task, load_tokenizer
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
-from sbert_cli.fill_mask import (
+from sbert_cli.model.model_dir import load_for_task, load_tokenizer
+from sbert_cli.tasks.mlm import (
     JOINT_BEAM_WIDTH,
     PROBE_SENTENCES,
     fill_mask,

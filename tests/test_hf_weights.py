@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sbert_cli.checkpoint import expected_shapes, read_checkpoint
-from sbert_cli.config import BertConfig
 from sbert_cli.errors import ModelLoadError, WeightMismatchError
-from sbert_cli.hf_weights import (
+from sbert_cli.model.bert import BertForMaskedLM, BertForSequenceClassification
+from sbert_cli.model.config import BertConfig
+from sbert_cli.model.hf_weights import (
     HF_TO_SBERT,
     convert_hf_state_dict,
     export_hf_state_dict,
@@ -19,7 +19,7 @@ from sbert_cli.hf_weights import (
     normalize_hf_name,
     sbert_to_hf_name,
 )
-from sbert_cli.model import BertForMaskedLM, BertForSequenceClassification
+from sbert_cli.model.model_dir import expected_shapes, read_checkpoint
 
 CONFIG = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
                     max_position_embeddings=16, id2label={0: "a", 1: "b"})

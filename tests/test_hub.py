@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_server import FakeHub, FakeRepo
-from sbert_cli import hub
+
 from sbert_cli.errors import DownloadError
+from sbert_cli.model import hub
 
 HF_TOKEN = "hf_test_token"
 BERT_FILES = {"config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors"}
@@ -110,7 +110,7 @@ def assert_one_line_error(result, *needles: str) -> str:
 
 
 def assert_same_model(downloaded: Path, source: Path) -> None:
-    from sbert_cli.checkpoint import load_for_task
+    from sbert_cli.model.model_dir import load_for_task
 
     ours = load_for_task(downloaded, "mlm").checkpoint.state
     expected = load_for_task(source, "mlm").checkpoint.state
@@ -250,7 +250,7 @@ def test_select_files_prefers_safetensors_and_takes_tokenizer_files():
 
 def test_hub_module_does_not_import_torch():
     # `sbert download` needs no torch; importing it costs seconds.
-    code = "import sys, sbert_cli.hub; sys.exit('torch' in sys.modules)"
+    code = "import sys, sbert_cli.model.hub; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbert_cli.data.masking import MASK_TOKEN, RANDOM_TOKEN, UNCHANGED, Masker, MaskingConfig, real_token_ids
+from sbert_cli.data.masking import (
+    MASK_TOKEN,
+    RANDOM_TOKEN,
+    UNCHANGED,
+    Masker,
+    MaskingConfig,
+    real_token_ids,
+)
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.segment import Segmenter
 from sbert_cli.data.shards import MLMShards
 from sbert_cli.errors import ConfigError
+from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_TRAIN
-from sbert_cli.tokenizer import BertTokenizer
 
 
 @pytest.fixture(scope="module")

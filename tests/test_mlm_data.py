@@ -15,8 +15,8 @@ from sbert_cli.data.flat_encode import FlatEncoder
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.shards import MLMShards
 from sbert_cli.errors import ConfigError
+from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_TRAIN
-from sbert_cli.tokenizer import BertTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_hf_checkpoint
 from safetensors.torch import load_file
 
-from conftest import make_hf_checkpoint
-from sbert_cli.checkpoint import load_for_task, read_checkpoint
 from sbert_cli.errors import ModelLoadError
+from sbert_cli.model.model_dir import load_for_task, read_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from sbert_cli.errors import ConfigError
-from sbert_cli.precision import autocast, cpu_supports_bf16, grad_scaler, resolve_device, resolve_precision
+from sbert_cli.model.precision import (
+    autocast,
+    cpu_supports_bf16,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def test_cpu_bf16_flag_detection(tmp_path):
@@ -22,9 +28,9 @@ def test_cpu_bf16_flag_detection(tmp_path):
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("sbert_cli.precision.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("sbert_cli.model.precision.cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr("sbert_cli.precision.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("sbert_cli.model.precision.cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("BF16", cpu) == "bf16"
 

@@ -10,8 +10,13 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.evaluate import evaluate_classifier
-from sbert_cli.predict import TextInput, load_classifier, predict_stream, read_inputs
+from sbert_cli.tasks.classification import (
+    TextInput,
+    load_classifier,
+    predict_stream,
+    read_inputs,
+)
+from sbert_cli.tasks.evaluate import evaluate_classifier
 
 LABELS = ["finance", "sports", "game"]
 TEXTS = ["中国足球队昨晚3比0战胜对手", "股市", "新款网络游戏今日公测，玩家排队等候进入服务器体验全新副本", "房价"]

@@ -9,13 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sbert_cli.checkpoint import load_for_task
 from sbert_cli.cli import app
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.shards import MLMShards
-from sbert_cli.pretrain import MLMSource, PretrainOptions, TRAIN_STREAM, _masker_for
-from sbert_cli.tokenizer import BertTokenizer
-
+from sbert_cli.model.model_dir import load_for_task
+from sbert_cli.model.tokenizer import BertTokenizer
+from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, PretrainOptions, _masker_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.errors import ResumeError
-from sbert_cli.pretrain import PretrainOptions, pretrain
-from sbert_cli.tokenizer import BertTokenizer
-from sbert_cli.train import TrainConfig, checkpoint_dirs
-from sbert_cli.train_classifier import ClassifierOptions, train_classifier
-
+from sbert_cli.model.tokenizer import BertTokenizer
+from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+from sbert_cli.tasks.mlm import PretrainOptions, pretrain
+from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.state import checkpoint_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

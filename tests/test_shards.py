@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from sbert_cli.data.shards import MANIFEST, MLMShards, ShardWriter, array_dtypes, prepare_output_dir, write_manifest
+from sbert_cli.data.shards import (
+    MANIFEST,
+    MLMShards,
+    ShardWriter,
+    array_dtypes,
+    prepare_output_dir,
+    write_manifest,
+)
 from sbert_cli.errors import ConfigError, DataError
 
 

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sbert_cli.errors import ModelLoadError
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sbert_cli.config import preset
 from sbert_cli.errors import ConfigError, ResumeError
-from sbert_cli.model import build_model
-from sbert_cli.train import (
-    TrainConfig,
-    check_run_dir,
-    checkpoint_dirs,
-    latest_checkpoint,
-    load_trainer_state,
-    lr_factor,
-    optimizer_groups,
-    resume_command,
-)
-from sbert_cli.train_classifier import ClassifierOptions, train_classifier
-
+from sbert_cli.model.bert import build_model
+from sbert_cli.model.config import preset
+from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+from sbert_cli.train.distributed import resume_command
+from sbert_cli.train.loop import TrainConfig, lr_factor, optimizer_groups
+from sbert_cli.train.state import check_run_dir, checkpoint_dirs, latest_checkpoint, load_trainer_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

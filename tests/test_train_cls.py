@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.checkpoint import load_for_task
-
+from sbert_cli.model.model_dir import load_for_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

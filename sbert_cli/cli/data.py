@@ -50,7 +50,12 @@ def make_mlm_data_command(
     """Turn raw text into whole-word-masked masked-LM training data (shards + manifest.json) for pretrain."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sbert_cli.data.mlm_data import MLMDataSettings, default_output_dir, make_mlm_data, resolve_tokenizer
+    from sbert_cli.data.mlm_data import (
+        MLMDataSettings,
+        default_output_dir,
+        make_mlm_data,
+        resolve_tokenizer,
+    )
 
     settings = MLMDataSettings(
         max_seq_len=max_seq_len, masked_lm_prob=masked_lm_prob, max_predictions=max_predictions,

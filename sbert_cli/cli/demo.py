@@ -7,7 +7,10 @@ from pathlib import Path
 import typer
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.demo import DEFAULT_OUT, QUICK  # no torch at its top: `sbert --help` stays fast
+from sbert_cli.demo import (  # no torch at its top: `sbert --help` stays fast
+    DEFAULT_OUT,
+    QUICK,
+)
 
 STAGE_TITLES = {
     "make-mlm-data": "whole-word-masked pretraining data from the train titles",

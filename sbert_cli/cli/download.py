@@ -9,7 +9,10 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.hub import DEFAULT_REPO  # hub imports huggingface_hub only when called, so this stays light
+from sbert_cli.model.hub import (
+    DEFAULT_REPO,  # hub imports huggingface_hub only when called, so this stays light
+)
+
 EXAMPLE_TEXT = "巴黎是[MASK]国的首都。"
 
 
@@ -32,7 +35,7 @@ def download_command(
     from rich.filesize import decimal
     from rich.table import Table
 
-    from sbert_cli.hub import download
+    from sbert_cli.model.hub import download
 
     result = download(repo_id, out_dir=out, revision=revision, endpoint=endpoint, force=force)
 

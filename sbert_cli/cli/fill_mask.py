@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.hub import DEFAULT_REPO  # hub imports huggingface_hub only when called, so this stays light
+from sbert_cli.model.hub import (
+    DEFAULT_REPO,  # hub imports huggingface_hub only when called, so this stays light
+)
 
 
 @app.command("fill-mask")
@@ -31,7 +33,7 @@ def fill_mask_command(
     run again with it filled in, keeping the best partial words (a beam of at least 8); a word's score
     is the product of the probabilities of its tokens when each was chosen.
     """
-    from sbert_cli.fill_mask import read_texts, run_fill_mask
+    from sbert_cli.tasks.mlm import read_texts, run_fill_mask
 
     all_texts, origins = read_texts(texts or [], file)
     results = run_fill_mask(

@@ -14,7 +14,6 @@ from typing import List, Optional
 
 import click
 import typer
-
 from rich.markup import escape
 from rich.text import Text
 
@@ -26,7 +25,13 @@ PRECISION_HELP = "auto (bf16 where the hardware does it natively, else fp32), fp
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int | None = None):
     """A progress bar on stderr (hidden when stderr is not a terminal); yields the library's progress callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -57,7 +62,7 @@ def eval_command(
     seed: int = typer.Option(12345, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
 ) -> None:
     """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
-    from sbert_cli.evaluate import default_out_dir, evaluate
+    from sbert_cli.tasks.evaluate import default_out_dir, evaluate
 
     with _progress_bar("evaluating") as progress:
         result = evaluate(
@@ -164,7 +169,11 @@ def predict_command(
 ) -> None:
     """Classify texts: label names with probabilities."""
     from sbert_cli.errors import ConfigError
-    from sbert_cli.predict import load_classifier, predict_stream, read_inputs
+    from sbert_cli.tasks.classification import (
+        load_classifier,
+        predict_stream,
+        read_inputs,
+    )
 
     if as_json and output_format not in (None, "jsonl"):
         raise ConfigError(f"--json and --format {output_format} disagree; give one of them")

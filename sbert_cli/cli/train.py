@@ -45,7 +45,7 @@ def _train_config(parameters: dict):
     """The TrainConfig of a training command, from its parameters (called with locals() first thing)."""
     import dataclasses
 
-    from sbert_cli.train import TrainConfig
+    from sbert_cli.train.loop import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     options = {k: v for k, v in parameters.items() if k in names}
@@ -96,8 +96,8 @@ def train_cls(
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
     config = _train_config(locals())
-    from sbert_cli.train import is_main_process
-    from sbert_cli.train_classifier import ClassifierOptions, train_classifier
+    from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+    from sbert_cli.train.distributed import is_main_process
 
     options = ClassifierOptions(
         data_dir=data_dir, train_file=train_file, dev_file=dev_file, test_file=test_file, labels_file=labels_file,
@@ -110,7 +110,9 @@ def train_cls(
     _print_run_summary(result.train)
     if result.train.interrupted:
         raise typer.Exit(130)
-    from sbert_cli.cli.report import render_classification  # the same report as `sbert eval`
+    from sbert_cli.cli.report import (
+        render_classification,  # the same report as `sbert eval`
+    )
 
     for name, evaluation in result.reports.items():
         console.rule(f"{name} ({result.model_dir.name} model)")
@@ -164,8 +166,9 @@ def pretrain(
 ) -> None:
     """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""
     config = _train_config(locals())
-    from sbert_cli.pretrain import PretrainOptions, pretrain as run_pretrain
-    from sbert_cli.train import is_main_process
+    from sbert_cli.tasks.mlm import PretrainOptions
+    from sbert_cli.tasks.mlm import pretrain as run_pretrain
+    from sbert_cli.train.distributed import is_main_process
 
     options = PretrainOptions(
         data=data, model=model, config_name=config_name, vocab=vocab, dynamic_masking=dynamic_masking,

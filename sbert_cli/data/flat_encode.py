@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 IDEOGRAPH_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF))
 TABLE_START, TABLE_END = 0x3400, 0xA000

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbert_cli.errors import ConfigError
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 MASK_TOKEN, RANDOM_TOKEN, UNCHANGED = 0, 1, 2  # values of MaskedSequence.kinds
 

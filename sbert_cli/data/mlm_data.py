@@ -21,7 +21,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from sbert_cli.data.flat_encode import FlatEncoder, FlatTokens
-from sbert_cli.data.masking import MASK_TOKEN, RANDOM_TOKEN, UNCHANGED, Masker, MaskingConfig
+from sbert_cli.data.masking import (
+    MASK_TOKEN,
+    RANDOM_TOKEN,
+    UNCHANGED,
+    Masker,
+    MaskingConfig,
+)
 from sbert_cli.data.segment import SEGMENTERS, Segmenter, read_user_dict
 from sbert_cli.data.shards import (
     FORMAT_NAME,
@@ -34,7 +40,7 @@ from sbert_cli.data.shards import (
 )
 from sbert_cli.data.text_input import TextReader
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 CHUNK_LINES = 2048
 CHUNK_CHARS = 1 << 20
@@ -357,7 +363,9 @@ def resolve_tokenizer(model: str | None = None, vocab: str | Path | None = None)
     if model and vocab:
         raise ConfigError("give --model or --vocab, not both")
     if model:
-        from sbert_cli.checkpoint import load_tokenizer  # imports torch: only when a model is named
+        from sbert_cli.model.model_dir import (
+            load_tokenizer,  # imports torch: only when a model is named
+        )
 
         return load_tokenizer(model)
     if vocab:

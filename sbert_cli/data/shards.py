@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 MANIFEST = "manifest.json"
 FORMAT_NAME = "sbert-mlm-data"

@@ -19,9 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sbert_cli.config import BertConfig
 from sbert_cli.errors import ModelLoadError, WeightMismatchError
-from sbert_cli.hf_weights import (
+from sbert_cli.model.bert import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    build_model,
+)
+from sbert_cli.model.config import BertConfig
+from sbert_cli.model.hf_weights import (
     HEAD_PREFIXES,
     OPTIONAL_PREFIXES,
     ConversionReport,
@@ -29,8 +34,7 @@ from sbert_cli.hf_weights import (
     find_weights,
     read_state_dict,
 )
-from sbert_cli.model import BertForMaskedLM, BertForSequenceClassification, build_model
-from sbert_cli.tokenizer import BertTokenizer
+from sbert_cli.model.tokenizer import BertTokenizer
 
 SBERT_META = "sbert.json"
 FORMAT_VERSION = 1
@@ -67,7 +71,7 @@ def resolve_model_dir(model: str | Path) -> Path:
     if path.exists():
         raise ModelLoadError(f"{path}: is a file; --model takes a model folder (config.json, weights, vocab.txt)")
     if is_repo_id(str(model)):
-        from sbert_cli.hub import fetch_model
+        from sbert_cli.model.hub import fetch_model
 
         return fetch_model(str(model))
     raise ModelLoadError(f"{path}: no such model folder; give a local model dir or a hub repo id such as hfl/chinese-bert-wwm-ext")
@@ -188,7 +192,7 @@ def load_tokenizer(path_or_repo: str | Path) -> BertTokenizer:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters under our canonical names (a bare BertModel gets the `bert.` prefix)."""
-    from sbert_cli.model import BertModel
+    from sbert_cli.model.bert import BertModel
 
     state = model.state_dict()
     if isinstance(model, BertModel):

@@ -17,7 +17,9 @@ from functools import partial
 from pathlib import Path
 
 from sbert_cli.errors import DownloadError
-from sbert_cli.hf_weights import WEIGHT_FILES  # preference order; torch-free at import
+from sbert_cli.model.hf_weights import (
+    WEIGHT_FILES,  # preference order; torch-free at import
+)
 
 DEFAULT_REPO = "hfl/chinese-bert-wwm-ext"
 MIRROR_ENDPOINT = "https://hf-mirror.com"

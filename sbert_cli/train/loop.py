@@ -5,9 +5,9 @@ from the seeded length-bucketed order), gives each process its share as grad_acc
 and normalises the summed loss by the global number of loss units (examples, or masked tokens), so
 that accumulation and any number of processes compute the same gradient as one big batch.
 
-Checkpoints (OUT/checkpoints/step-N) are sbert model dirs plus trainer_state.pt: optimizer,
-scheduler, grad scaler, data position and every RNG state of every rank. Resuming recomputes the
-epoch's batch order from the seed and skips what was done, so a resumed run is bit-identical.
+Checkpoints (state.py) hold the optimizer, scheduler, grad scaler, data position and every RNG state of
+every rank. Resuming recomputes the epoch's batch order from the seed and skips what was done, so a
+resumed run is bit-identical.
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ import contextlib
 import datetime
 import json
 import math
-import os
 import random
-import shlex
-import shutil
-import signal
-import sys
-import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -34,17 +28,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from sbert_cli.checkpoint import remove_outputs, replace_dir
 from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, split_batch
-from sbert_cli.errors import ConfigError, ResumeError, SbertError
-from sbert_cli.precision import autocast, grad_scaler, resolve_device, resolve_precision
+from sbert_cli.errors import ConfigError, SbertError
+from sbert_cli.model.precision import autocast, grad_scaler, resolve_precision
+from sbert_cli.train.distributed import (
+    DistributedEnv,
+    StopRequest,
+    all_reduce_sum,
+    device_for,
+    resume_command,
+)
+from sbert_cli.train.state import (
+    STATE_FORMAT,
+    append_metrics,
+    check_resume_compatible,
+    check_run_dir,
+    latest_checkpoint,
+    load_trainer_state,
+    prepare_run_dir,
+    rng_state,
+    set_rng_state,
+    truncate_metrics,
+    write_checkpoint,
+)
 
-STATE_FILE = "trainer_state.pt"
-STATE_FORMAT = 1
 SCHEDULES = ("linear", "cosine", "constant")
 LOWER_IS_BETTER = ("loss", "perplexity")
-# Files and folders a run writes into OUT; --force removes these and nothing else.
-RUN_ARTIFACTS = ("checkpoints", "best", "last", "metrics.jsonl", "curves.png", "run.json", "eval-dev", "eval-test")
 
 
 @dataclass
@@ -166,57 +175,6 @@ class TrainResult:
     messages: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistributedEnv:
-    """Where this process sits in a torchrun job (RANK, LOCAL_RANK, WORLD_SIZE), or a single process."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def from_env(cls) -> "DistributedEnv":
-        try:
-            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
-        except ValueError:
-            raise ConfigError("RANK/LOCAL_RANK/WORLD_SIZE must be integers; launch with torchrun") from None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def is_main_process() -> bool:
-    """True in a single process and in rank 0 of a torchrun job: the one that prints and writes."""
-    return DistributedEnv.from_env().is_main
-
-
-def _device_for(env: DistributedEnv, name: str) -> torch.device:
-    device = resolve_device(name)
-    if env.distributed and device.type == "cuda":
-        if torch.cuda.device_count() <= env.local_rank:
-            raise ConfigError(f"rank {env.rank}: LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPU(s)")
-        device = torch.device("cuda", env.local_rank)
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    return device
-
-
-def _all_reduce_sum(tensor: torch.Tensor, env: DistributedEnv) -> torch.Tensor:
-    if env.distributed:
-        torch.distributed.all_reduce(tensor)
-    return tensor
-
-
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
@@ -246,180 +204,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
     return max(0.0, 1.0 - progress)
 
 
-# ----------------------------------------------------------------------------- run dir and checkpoints
-
-
-def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
-    """Refuse to write into a run dir that holds earlier results unless resuming or forced (reads only)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the run")
-    if resume:
-        if latest_checkpoint(out_dir) is None:
-            raise ResumeError(f"--resume: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop --resume to start a new run")
-        return
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ConfigError(
-            f"--out {out_dir}: is not empty; continue it with --resume, overwrite its results with --force, or choose another --out"
-        )
-
-
-def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if force and not resume:
-        remove_outputs(out_dir, RUN_ARTIFACTS)
-    checkpoints = out_dir / "checkpoints"
-    if checkpoints.is_dir():
-        for leftover in checkpoints.glob(".*"):  # temp dirs of a save that was killed
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def checkpoint_dirs(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = checkpoint_dirs(out_dir)
-    return found[-1] if found else None
-
-
-def _rng_state(device: torch.device) -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(out_dir: Path, model: nn.Module, task: Task, trainer_state: dict, keep_last: int) -> Path:
-    """Write OUT/checkpoints/step-N atomically (a temp dir renamed into place), then prune to keep_last."""
-    from sbert_cli.checkpoint import save_model
-
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{trainer_state['step']:07d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint", extra_meta={"step": trainer_state["step"], **task.save_meta()})
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(trainer_state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    replace_dir(tmp, final)
-    _fsync_dir(root)
-    for old in checkpoint_dirs(out_dir)[:-keep_last]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_trainer_state(checkpoint: Path) -> dict:
-    """trainer_state.pt of a checkpoint (tensors and plain types only: weights_only=True)."""
-    try:
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which
-        raise ResumeError(f"{checkpoint / STATE_FILE}: cannot be read ({e}); delete this checkpoint to resume from an earlier one") from None
-    if state.get("format") != STATE_FORMAT:
-        raise ResumeError(f"{checkpoint}: trainer state format {state.get('format')} is not {STATE_FORMAT}")
-    return state
-
-
-def _check_resume_compatible(saved: dict, current: dict, checkpoint: Path) -> list[str]:
-    """Refuse changes that make resuming meaningless; return notes for changes that only alter the outcome."""
-    problems = []
-    for key, value in current["strict"].items():
-        before = saved["strict"].get(key)
-        if before == value:
-            continue
-        if isinstance(value, dict) and isinstance(before, dict):  # name what differs, not two long dicts
-            differing = sorted(k for k in value.keys() | before.keys() if value.get(k) != before.get(k))
-            problems.append(f"the {key} differs ({', '.join(differing)})")
-        else:
-            problems.append(f"{key} was {before!r}, now {value!r}")
-    if problems:
-        raise ResumeError(
-            f"cannot resume from {checkpoint}: {'; '.join(problems)}. Resume with the same data, batch size and "
-            "number of processes, or start a new run with another --out"
-        )
-    return [
-        f"{key} changed from {saved['soft'].get(key)!r} to {value!r}: the run will differ from an uninterrupted one"
-        for key, value in current["soft"].items()
-        if saved["soft"].get(key) != value
-    ]
-
-
-# ----------------------------------------------------------------------------- signals
-
-
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts at once."""
-
-    def __init__(self, announce: bool):
-        self.requested = False
-        self.announce = announce
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.requested and self.announce:
-            name = signal.Signals(signum).name
-            sys.stderr.write(f"\n{name}: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)\n")
-        self.requested = True
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-def resume_command() -> str:
-    """The command line that started this process, with --resume: what to run to continue."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "sbert_cli")):
-        argv[0:1] = ["python", "-m", "sbert_cli"]
-    elif argv:
-        argv[0] = Path(argv[0]).name
-    env = DistributedEnv.from_env()
-    if env.distributed:
-        nproc = os.environ.get("LOCAL_WORLD_SIZE", str(env.world_size))
-        argv = ["torchrun", f"--nproc-per-node={nproc}", "-m", "sbert_cli", *argv[3:]] if argv[:3] == ["python", "-m", "sbert_cli"] else ["torchrun", f"--nproc-per-node={nproc}", *argv]
-    argv = [a for a in argv if a != "--force"]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(argv)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -430,7 +214,14 @@ class _Reporter:
         self.console = console
         self.progress = None
         if console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("[bold]train"),
@@ -471,24 +262,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _append_metrics(out_dir: Path, record: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _truncate_metrics(out_dir: Path, step: int) -> None:
-    """Drop records the interrupted run logged after its last checkpoint; the resumed run logs them again."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
 def _is_better(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
@@ -511,7 +284,7 @@ def train(
     """
     config.validate()
     env = DistributedEnv.from_env()
-    device = _device_for(env, config.device)
+    device = device_for(env, config.device)
     precision = resolve_precision(config.precision, device)
     out_dir = Path(config.out_dir)
     if not env.is_main:
@@ -552,7 +325,7 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, console=None, env: DistributedEnv | None = None,
                  device: torch.device | None = None, precision: str | None = None, on_micro_batch=None):
         env = env or DistributedEnv()
-        device = device or _device_for(env, config.device)
+        device = device or device_for(env, config.device)
         precision = precision or resolve_precision(config.precision, device)
         self.task, self.config, self.env, self.device, self.precision = task, config, env, device, precision
         self.on_micro_batch = on_micro_batch
@@ -604,7 +377,7 @@ class Trainer:
 
         checkpoint = latest_checkpoint(self.out_dir)
         state = load_trainer_state(checkpoint)
-        self.result.messages += _check_resume_compatible(state["settings"], self.settings, checkpoint)
+        self.result.messages += check_resume_compatible(state["settings"], self.settings, checkpoint)
         weights = load_file(str(checkpoint / "model.safetensors"), device=str(self.device))
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -614,7 +387,7 @@ class Trainer:
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.evals_without_improvement = state["evals_without_improvement"]
-        _set_rng_state(state["rng"][self.env.rank])
+        set_rng_state(state["rng"][self.env.rank])
         self.last_saved_step = self.last_eval_step = self.step
         self.result.resumed_from = checkpoint
 
@@ -627,7 +400,7 @@ class Trainer:
 
     def trainer_state(self) -> dict:
         """Everything but the weights, for trainer_state.pt. A collective when distributed: every rank calls it."""
-        rng = _rng_state(self.device)
+        rng = rng_state(self.device)
         if self.env.distributed:
             rng_states: list = [None] * self.env.world_size
             torch.distributed.all_gather_object(rng_states, rng)
@@ -644,11 +417,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = self.trainer_state()
         if self.env.is_main:
-            self.result.checkpoint = save_checkpoint(self.out_dir, self.model, self.task, state, self.config.keep_last)
+            self.result.checkpoint = write_checkpoint(self.out_dir, self.model, self.task, state, self.config.keep_last)
         self.last_saved_step = self.step
 
     def save_model(self, name: str, **meta) -> None:
-        from sbert_cli.checkpoint import save_model
+        from sbert_cli.model.model_dir import save_model
 
         if self.env.is_main:
             save_model(self.model, self.out_dir / name, self.task.tokenizer, self.task.model_task, source="sbert train",
@@ -677,7 +450,7 @@ class Trainer:
         self.last_eval_step = self.step
         self.result.last_eval = metrics
         if self.env.is_main:
-            _append_metrics(self.out_dir, {"kind": "eval", "step": self.step, "epoch": round(epoch_float, 4), **metrics})
+            append_metrics(self.out_dir, {"kind": "eval", "step": self.step, "epoch": round(epoch_float, 4), **metrics})
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             self.reporter.print(f"eval step {self.step}: {shown}" + ("  [green]best[/]" if improved else ""))
         if improved:
@@ -704,7 +477,7 @@ class Trainer:
         if micro is None:
             micro = self.micro_batches(global_batch, self.epoch)
         counts = torch.tensor([sum(b.units for b, w in micro if w), sum(b.tokens for b, w in micro if w)], dtype=torch.float64)
-        total_units, total_tokens = _all_reduce_sum(counts.to(device), env).tolist()
+        total_units, total_tokens = all_reduce_sum(counts.to(device), env).tolist()
         # DDP averages gradients over processes; scaling by world_size / global units makes that the global mean.
         scale = env.world_size / max(total_units, 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -729,7 +502,7 @@ class Trainer:
         # One small all-reduce for the logged loss and the stop vote, so that every process stops at the same step.
         stop_requested = stop is not None and stop.requested
         tail = torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
-        tail = _all_reduce_sum(tail, env)
+        tail = all_reduce_sum(tail, env)
         return StepStats(float(tail[0]), int(total_units), int(total_tokens), lr, bool(tail[1] > 0))
 
     def run(self, stop: "StopRequest") -> TrainResult:
@@ -771,7 +544,7 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == 1 or finished or stop_voted:
                     record = {"kind": "train", "step": self.step, "epoch": round(epoch_float, 4), **log.flush(), "lr": lr}
                     if self.env.is_main:
-                        _append_metrics(self.out_dir, record)
+                        append_metrics(self.out_dir, record)
                     self.reporter.advance(self.step, f"loss {record['loss']:.4f}  lr {lr:.2e}  {record['tokens_per_s']:,.0f} tok/s")
                 else:
                     self.reporter.advance(self.step, None)
@@ -817,9 +590,9 @@ def _train(model, task, config, console, run_info, on_micro_batch, env, device, 
     else:
         trainer.seed()
     if env.is_main:
-        _prepare_run_dir(out_dir, config.resume, config.force)
+        prepare_run_dir(out_dir, config.resume, config.force)
         if config.resume:
-            _truncate_metrics(out_dir, trainer.step)
+            truncate_metrics(out_dir, trainer.step)
         trainer.write_run_record(run_info)
     if env.distributed:
         torch.distributed.barrier()
@@ -862,6 +635,6 @@ def evaluate_task(model: nn.Module, task: Task, batch_size: int, device: torch.d
         probe = _to_device(task.eval_batch(batches[0][:1]), device)
         with autocast(precision, device):
             sums = torch.zeros_like(task.eval_sums(model, probe), dtype=torch.float64)
-    sums = _all_reduce_sum(sums, env)
+    sums = all_reduce_sum(sums, env)
     model.train(was_training)
     return task.eval_metrics(sums.cpu())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbert_cli.config import BertConfig
+from sbert_cli.model.config import BertConfig
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact, erf-based: what Google's BERT checkpoints were trained with

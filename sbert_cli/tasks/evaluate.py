@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
-from sbert_cli.predict import Classifier, ProgressCallback, Runtime, load_classifier, prepare_inference
+from sbert_cli.tasks.classification import (
+    Classifier,
+    ProgressCallback,
+    Runtime,
+    load_classifier,
+    prepare_inference,
+)
 
 TASKS = ("cls", "mlm")
 METRICS_FILE = "metrics.json"
@@ -200,7 +206,7 @@ class MLMEvaluation:
 
 def infer_task(model: str | Path, data: str | Path | None = None) -> str:
     """cls or mlm from the model dir: sbert.json's task, else the one head its weights hold."""
-    from sbert_cli.checkpoint import read_checkpoint
+    from sbert_cli.model.model_dir import read_checkpoint
 
     if data is not None and Path(data).is_dir():
         return "mlm"  # only make-mlm-data output is a folder
@@ -367,9 +373,9 @@ def evaluate_mlm(
     turned into it with `seed` (so the figures equal those on `make-mlm-data FILE --seed SEED` output)."""
     import tempfile
 
-    from sbert_cli.checkpoint import load_for_task, load_tokenizer
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.data.shards import MLMShards, vocab_sha256
+    from sbert_cli.model.model_dir import load_for_task, load_tokenizer
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
@@ -446,7 +452,7 @@ def _score_masked(net, examples, lengths, pad_id, batch_size, device, precision,
     import torch.nn.functional as F
 
     from sbert_cli.data.batching import length_sorted_batches, pad_batch
-    from sbert_cli.precision import autocast
+    from sbert_cli.model.precision import autocast
 
     start = time.perf_counter()
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -1,0 +1,1 @@
+"""Tasks: each task's training adapter, scoring and inference together (mlm.py, classification.py)."""

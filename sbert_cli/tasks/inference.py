@@ -1,0 +1,73 @@
+"""What every inference command shares: the device and precision it runs with, and how fast it ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# progress(examples_done_now, total_or_None): how library loops report progress to the CLI's bar.
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+@dataclass
+class Runtime:
+    """Where and how fast inference ran; `seconds` counts tokenizing and the model, not loading."""
+
+    device: str
+    precision: str
+    batch_size: int
+    examples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, examples: int, tokens: int, seconds: float) -> None:
+        self.examples += examples
+        self.tokens += tokens
+        self.seconds += seconds
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "seconds": round(self.seconds, 4),
+            "examples_per_s": round(self.examples_per_s, 2),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+        }
+
+    def summary(self, unit: str = "examples") -> str:
+        """One line for stderr: `1,000 examples in 1.25 s: 797.0 examples/s, 15,684 tokens/s (cuda, bf16, batch size 64)`."""
+        count_unit = unit if self.examples != 1 else unit.removesuffix("s")
+        return (
+            f"{self.examples:,} {count_unit} in {self.seconds:.2f} s: {self.examples_per_s:,.1f} {unit}/s, "
+            f"{self.tokens_per_s:,.0f} tokens/s ({self.device}, {self.precision}, batch size {self.batch_size})"
+        )
+
+
+def default_max_length(model: "nn.Module", meta: dict) -> int:
+    """The max_seq_len the model was trained with (sbert.json), else what its positions allow."""
+    limit = model.config.max_position_embeddings
+    trained = meta.get("max_seq_len")
+    return min(int(trained), limit) if trained else limit
+
+
+def prepare_inference(model: "nn.Module", device: str, precision: str) -> tuple["torch.device", str]:
+    """Resolve --device/--precision and move the model there, in eval mode."""
+    from sbert_cli.model.precision import resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    resolved = resolve_precision(precision, torch_device)
+    model.to(torch_device).eval()
+    return torch_device, resolved

@@ -1,0 +1,114 @@
+"""Where this process sits in a torchrun job, and how a run is stopped by a signal.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process. SIGINT and SIGTERM
+ask the loop to stop at the end of the current step (every rank votes, so all stop together).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbert_cli.errors import ConfigError
+from sbert_cli.model.precision import resolve_device
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """Where this process sits in a torchrun job (RANK, LOCAL_RANK, WORLD_SIZE), or a single process."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> "DistributedEnv":
+        try:
+            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        except ValueError:
+            raise ConfigError("RANK/LOCAL_RANK/WORLD_SIZE must be integers; launch with torchrun") from None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a torchrun job: the one that prints and writes."""
+    return DistributedEnv.from_env().is_main
+
+
+def device_for(env: DistributedEnv, name: str) -> torch.device:
+    device = resolve_device(name)
+    if env.distributed and device.type == "cuda":
+        if torch.cuda.device_count() <= env.local_rank:
+            raise ConfigError(f"rank {env.rank}: LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", env.local_rank)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistributedEnv) -> torch.Tensor:
+    if env.distributed:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts at once."""
+
+    def __init__(self, announce: bool):
+        self.requested = False
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.requested and self.announce:
+            name = signal.Signals(signum).name
+            sys.stderr.write(f"\n{name}: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)\n")
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def resume_command() -> str:
+    """The command line that started this process, with --resume: what to run to continue."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "sbert_cli")):
+        argv[0:1] = ["python", "-m", "sbert_cli"]
+    elif argv:
+        argv[0] = Path(argv[0]).name
+    env = DistributedEnv.from_env()
+    if env.distributed:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", str(env.world_size))
+        argv = ["torchrun", f"--nproc-per-node={nproc}", "-m", "sbert_cli", *argv[3:]] if argv[:3] == ["python", "-m", "sbert_cli"] else ["torchrun", f"--nproc-per-node={nproc}", *argv]
+    argv = [a for a in argv if a != "--force"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(argv)
+

@@ -1,0 +1,175 @@
+"""A run dir's saved state: checkpoints (sbert model dirs plus trainer_state.pt), RNG states, metrics.jsonl.
+
+OUT/checkpoints/step-N is written into a temp dir and renamed into place, so a checkpoint is either
+complete or absent; resuming checks that the data and batch layout are the ones the run started with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from sbert_cli.errors import ConfigError, ResumeError
+from sbert_cli.model.model_dir import remove_outputs, replace_dir
+
+if TYPE_CHECKING:
+    from sbert_cli.train.loop import Task
+
+STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = 1
+METRICS_FILE = "metrics.jsonl"
+# Files and folders a run writes into OUT; --force removes these and nothing else.
+RUN_ARTIFACTS = ("checkpoints", "best", "last", METRICS_FILE, "curves.png", "run.json", "eval-dev", "eval-test")
+
+
+def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to write into a run dir that holds earlier results unless resuming or forced (reads only)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the run")
+    if resume:
+        if latest_checkpoint(out_dir) is None:
+            raise ResumeError(f"--resume: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop --resume to start a new run")
+        return
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ConfigError(
+            f"--out {out_dir}: is not empty; continue it with --resume, overwrite its results with --force, or choose another --out"
+        )
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if force and not resume:
+        remove_outputs(out_dir, RUN_ARTIFACTS)
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir():
+        for leftover in checkpoints.glob(".*"):  # temp dirs of a save that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = checkpoint_dirs(out_dir)
+    return found[-1] if found else None
+
+
+def rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_checkpoint(out_dir: Path, model: nn.Module, task: Task, trainer_state: dict, keep_last: int) -> Path:
+    """Write OUT/checkpoints/step-N atomically (a temp dir renamed into place), then prune to keep_last."""
+    from sbert_cli.model.model_dir import save_model
+
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{trainer_state['step']:07d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint", extra_meta={"step": trainer_state["step"], **task.save_meta()})
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save(trainer_state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    replace_dir(tmp, final)
+    _fsync_dir(root)
+    for old in checkpoint_dirs(out_dir)[:-keep_last]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    """trainer_state.pt of a checkpoint (tensors and plain types only: weights_only=True)."""
+    try:
+        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which
+        raise ResumeError(f"{checkpoint / STATE_FILE}: cannot be read ({e}); delete this checkpoint to resume from an earlier one") from None
+    if state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{checkpoint}: trainer state format {state.get('format')} is not {STATE_FORMAT}")
+    return state
+
+
+def check_resume_compatible(saved: dict, current: dict, checkpoint: Path) -> list[str]:
+    """Refuse changes that make resuming meaningless; return notes for changes that only alter the outcome."""
+    problems = []
+    for key, value in current["strict"].items():
+        before = saved["strict"].get(key)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):  # name what differs, not two long dicts
+            differing = sorted(k for k in value.keys() | before.keys() if value.get(k) != before.get(k))
+            problems.append(f"the {key} differs ({', '.join(differing)})")
+        else:
+            problems.append(f"{key} was {before!r}, now {value!r}")
+    if problems:
+        raise ResumeError(
+            f"cannot resume from {checkpoint}: {'; '.join(problems)}. Resume with the same data, batch size and "
+            "number of processes, or start a new run with another --out"
+        )
+    return [
+        f"{key} changed from {saved['soft'].get(key)!r} to {value!r}: the run will differ from an uninterrupted one"
+        for key, value in current["soft"].items()
+        if saved["soft"].get(key) != value
+    ]
+
+
+def append_metrics(out_dir: Path, record: dict) -> None:
+    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def truncate_metrics(out_dir: Path, step: int) -> None:
+    """Drop records the interrupted run logged after its last checkpoint; the resumed run logs them again."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
