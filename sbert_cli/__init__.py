@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "load_tokenizer"]
+__all__ = ["__version__", "embed", "load_model", "load_tokenizer"]
 
 
 def __getattr__(name):
@@ -11,4 +11,8 @@ def __getattr__(name):
         from sbert_cli.model import model_dir as checkpoint
 
         return getattr(checkpoint, name)
+    if name == "embed":
+        from sbert_cli.tasks.embedding import embed
+
+        return embed
     raise AttributeError(f"module 'sbert_cli' has no attribute {name!r}")

@@ -52,14 +52,19 @@ class ConversionSummary:
     notes: list[str] = field(default_factory=list)
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "sbert.json")
+
+
 def check_destination(destination: Path, source: Path, force: bool) -> None:
-    """Refuse to overwrite a non-empty destination unless forced, and never write over the source."""
-    if destination.exists() and not destination.is_dir():
-        raise ConfigError(f"{destination}: is a file; DST must be a folder to create")
-    if destination.exists() and destination.resolve() == source.resolve():
+    """Refuse to write into a non-empty destination unless forced, and never into or around the source.
+
+    Forced, only model files sbert wrote there before are replaced (see outputs.py); a user's other files stay."""
+    from sbert_cli.outputs import OutputDir
+
+    if destination.exists() and destination.is_dir() and destination.resolve() == source.resolve():
         raise ConfigError(f"{destination}: is the source model dir; choose another DST")
-    if destination.is_dir() and any(destination.iterdir()) and not force:
-        raise ConfigError(f"{destination}: exists and is not empty; pass --force to replace it, or choose another DST")
+    OutputDir(destination).check(force, will_write=MODEL_FILES, reads=[source],
+                                 not_empty="exists and is not empty; pass --force to replace it, or choose another DST")
 
 
 def hf_architecture(heads: list[str]) -> str:
@@ -81,13 +86,16 @@ def convert_weights(
     check_destination(destination, source_dir, force)
     checkpoint = read_checkpoint(source_dir)
     tokenizer = load_tokenizer(source_dir)
-    if to == "sbert":
-        task = next((t for t in ("mlm", "cls") if t in checkpoint.heads), "base")
-        save_model_dir(destination, checkpoint.config, checkpoint.state, tokenizer, task, source=str(source))
-        architecture = None
-    else:
-        architecture = hf_architecture(checkpoint.heads)
-        write_hf_dir(checkpoint, tokenizer, destination, architecture)
+    from sbert_cli.outputs import OutputDir
+
+    with OutputDir(destination):
+        if to == "sbert":
+            task = next((t for t in ("mlm", "cls") if t in checkpoint.heads), "base")
+            save_model_dir(destination, checkpoint.config, checkpoint.state, tokenizer, task, source=str(source))
+            architecture = None
+        else:
+            architecture = hf_architecture(checkpoint.heads)
+            write_hf_dir(checkpoint, tokenizer, destination, architecture)
     summary = ConversionSummary(
         source=source_dir,
         destination=destination,
@@ -102,7 +110,7 @@ def convert_weights(
             for prefix, description in OPTIONAL_PARTS.items()
             if any(k.startswith(prefix) for k in checkpoint.report.missing_optional)
         ],
-        files=sorted(p.name for p in destination.iterdir()),
+        files=sorted(p.name for p in destination.iterdir() if not p.name.startswith(".")),
         architecture=architecture,
     )
     if architecture == "BertForMaskedLM" and any(k.startswith("bert.pooler.") for k in checkpoint.state):

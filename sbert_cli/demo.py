@@ -10,15 +10,15 @@ The dev titles are touched only by the final evaluations: the classifier keeps i
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from sbert_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sbert_cli.outputs import OutputDir
 
 DEFAULT_OUT = Path("sbert-demo")
 # What a demo run writes into its folder; --force replaces these and nothing else.
@@ -63,6 +63,7 @@ class DemoSettings:
     cls_lr: float = 2e-3
     seed: int = 42
     device: str = "auto"
+    precision: str = "auto"  # every stage; auto: bf16 on a CPU/GPU that does it natively, else fp32
 
 
 FULL = DemoSettings()
@@ -95,11 +96,16 @@ class DemoReport:
     def to_json(self) -> dict:
         from sbert_cli import __version__
 
+        from sbert_cli.model.precision import describe_machine
+
         bert, baseline = self.stage("eval").figures, self.stage("baseline").figures
+        trained = self.stage("pretrain").result.train
         return {
             "sbert_version": __version__,
             "settings": asdict(self.settings),
-            "machine": machine_description(),
+            "device": trained.device,
+            "precision": trained.precision,  # what --precision resolved to, for training and inference alike
+            "machine": describe_machine(),
             "dev_accuracy": {"bert": bert["accuracy"], "tfidf_linear_svm": baseline["accuracy"]},
             "dev_macro_f1": {"bert": bert["macro_f1"], "tfidf_linear_svm": baseline["macro_f1"]},
             "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "command": s.command, **s.figures} for s in self.stages],
@@ -108,25 +114,18 @@ class DemoReport:
         }
 
 
-def machine_description() -> dict[str, Any]:
-    import torch
+def prepare_demo_dir(out_dir: Path, force: bool) -> "OutputDir":
+    """Refuse a non-empty folder unless forced; forced, remove only what an earlier demo wrote. Returns the
+    folder, locked for this process (see outputs.py)."""
+    from sbert_cli.outputs import OutputDir
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
-def prepare_demo_dir(out_dir: Path, force: bool) -> None:
-    """Refuse a non-empty folder unless forced; forced, remove only what an earlier demo wrote."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the demo run")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise ConfigError(f"--out {out_dir}: is not empty; pass --force to replace an earlier demo there, or choose another --out")
-        from sbert_cli.model.model_dir import remove_outputs
-
-        remove_outputs(out_dir, DEMO_ARTIFACTS)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = OutputDir(out_dir)
+    outputs.check(force, will_write=DEMO_ARTIFACTS,
+                  not_empty="is not empty; pass --force to replace an earlier demo there, or choose another --out")
+    outputs.acquire()
+    if force:
+        outputs.clear()
+    return outputs
 
 
 def write_sample(source: Path, destination: Path, lines: int | None) -> Path:
@@ -163,8 +162,13 @@ def _command(*argv: Any) -> str:
 
 
 def _train_options(epochs: int, batch_size: int, lr: float, settings: DemoSettings) -> list[Any]:
-    argv = ["--epochs", epochs, "--batch-size", batch_size, "--lr", lr, "--seed", settings.seed]
-    return argv + (["--device", settings.device] if settings.device != "auto" else [])
+    return ["--epochs", epochs, "--batch-size", batch_size, "--lr", lr, "--seed", settings.seed, *_hardware_options(settings)]
+
+
+def _hardware_options(settings: DemoSettings) -> list[str]:
+    """--device and --precision as the stage commands need them to run as the demo did (nothing for auto)."""
+    return [argument for name, value in (("--device", settings.device), ("--precision", settings.precision))
+            if value != "auto" for argument in (name, value)]
 
 
 def run_demo(
@@ -172,43 +176,40 @@ def run_demo(
     settings: DemoSettings = FULL,
     *,
     force: bool = False,
-    console=None,
+    training_callbacks: Callable[[], Any] | None = None,
     on_stage_start: Callable[[str, str | None], None] | None = None,
     on_stage_end: Callable[[StageOutcome], None] | None = None,
 ) -> DemoReport:
     """Run every stage into out_dir and write report.json and report.md.
 
-    console: a rich Console for the training progress bars (None: silent). on_stage_start(name,
+    training_callbacks: makes the train.loop.Callbacks that report each training stage (None: silent). on_stage_start(name,
     command) and on_stage_end(outcome) let the caller show each stage as it runs.
     """
+    from sbert_cli.model.precision import resolve_device, resolve_precision
+
+    resolve_precision(settings.precision, resolve_device(settings.device))  # a bad --device/--precision fails first
+    out_dir = Path(out_dir)
+    with prepare_demo_dir(out_dir, force) as outputs:
+        return _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, on_stage_end)
+
+
+def _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, on_stage_end) -> DemoReport:
     from sbert_cli.data.classification import read_label_names
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.model.tokenizer import BertTokenizer
-    from sbert_cli.resources import (
-        CHINESE_VOCAB,
-        THUCNEWS_CLASSES,
-        THUCNEWS_DEV,
-        THUCNEWS_TRAIN,
-    )
-    from sbert_cli.tasks.classification import (
-        ClassifierOptions,
-        TextInput,
-        load_classifier,
-        predict_stream,
-        train_classifier,
-    )
+    from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
+    from sbert_cli.tasks.classification import ClassifierOptions, TextInput, load_classifier, predict_stream, train_classifier
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.mlm import PretrainOptions, pretrain, run_fill_mask
     from sbert_cli.train.loop import TrainConfig
 
-    out_dir = Path(out_dir)
-    prepare_demo_dir(out_dir, force)
     s = settings
     data_dir = out_dir / "data"
     data_dir.mkdir()
     train_file = write_sample(THUCNEWS_TRAIN, data_dir / "train.txt", s.train_lines)
     dev_file = write_sample(THUCNEWS_DEV, data_dir / "dev.txt", s.dev_lines)
     labels_file = write_sample(THUCNEWS_CLASSES, data_dir / "class.txt", None)
+    outputs.record(data_dir)
     label_names = read_label_names(labels_file)
     mlm_dir, pretrain_dir, cls_dir, eval_dir = (out_dir / n for n in ("mlm-data", "pretrain", "classifier", "eval"))
     stages: list[StageOutcome] = []
@@ -241,8 +242,8 @@ def run_demo(
         options = PretrainOptions(data=mlm_dir, config_name=s.config_name, dynamic_masking=s.dynamic_masking,
                                   eval_fraction=s.pretrain_eval_fraction)
         config = TrainConfig(out_dir=pretrain_dir, epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
-                             lr=s.pretrain_lr, seed=s.seed, device=s.device)
-        result = pretrain(options, config, console=console)
+                             lr=s.pretrain_lr, seed=s.seed, device=s.device, precision=s.precision)
+        result = pretrain(options, config, training_callbacks() if training_callbacks else None)
         if result.train.interrupted:  # Ctrl-C: the checkpoint is saved; the later stages have nothing to start from
             raise KeyboardInterrupt
         held_out = result.train.last_eval or {}
@@ -258,8 +259,8 @@ def run_demo(
         options = ClassifierOptions(data_dir=None, train_file=train_file, labels_file=labels_file,
                                     model=str(pretrained.model_dir), max_seq_len=s.max_seq_len)
         config = TrainConfig(out_dir=cls_dir, epochs=s.cls_epochs, batch_size=s.cls_batch_size, lr=s.cls_lr,
-                             seed=s.seed, device=s.device)
-        result = train_classifier(options, config, console=console)
+                             seed=s.seed, device=s.device, precision=s.precision)
+        result = train_classifier(options, config, training_callbacks() if training_callbacks else None)
         if result.train.interrupted:
             raise KeyboardInterrupt
         return result, {"steps": result.train.step, "model_dir": str(result.model_dir)}
@@ -270,11 +271,12 @@ def run_demo(
         run_train_cls)
 
     def run_eval():
-        evaluation = evaluate(classifier.model_dir, dev_file, task="cls", out_dir=eval_dir, device=s.device)
+        evaluation = evaluate(classifier.model_dir, dev_file, task="cls", out_dir=eval_dir, device=s.device,
+                              precision=s.precision)
         return evaluation, {"examples": evaluation.metrics.num_examples, "accuracy": evaluation.metrics.accuracy,
                             "macro_f1": evaluation.metrics.macro_f1, **evaluation.files}
 
-    device_options = ["--device", s.device] if s.device != "auto" else []
+    device_options = _hardware_options(s)
     stage("eval", _command("eval", "--model", classifier.model_dir, "--data", dev_file, "--out", eval_dir, *device_options),
           run_eval)
 
@@ -282,12 +284,13 @@ def run_demo(
         figures = train_tfidf_baseline(train_file, dev_file, label_names, s.seed)
         (out_dir / "baseline").mkdir()
         (out_dir / "baseline" / "metrics.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        outputs.record("baseline")
         return figures, figures
 
     stage("baseline", None, run_baseline)
 
     def run_predict():
-        model = load_classifier(classifier.model_dir, device=s.device)
+        model = load_classifier(classifier.model_dir, device=s.device, precision=s.precision)
         inputs = [TextInput(text, f"headline {i}") for i, text in enumerate(PREDICT_HEADLINES, 1)]
         predictions = list(predict_stream(model, inputs, top_k=1))
         return predictions, {"predictions": [p.to_json() for p in predictions]}
@@ -295,7 +298,8 @@ def run_demo(
     stage("predict", _command("predict", "--model", classifier.model_dir, *device_options, *PREDICT_HEADLINES), run_predict)
 
     def run_fill():
-        results = run_fill_mask(pretrained.model_dir, list(FILL_MASK_SENTENCES), top_k=5, device=s.device)
+        results = run_fill_mask(pretrained.model_dir, list(FILL_MASK_SENTENCES), top_k=5, device=s.device,
+                                precision=s.precision)
         return results, {"fill_mask": [r.to_json() for r in results]}
 
     stage("fill-mask", _command("fill-mask", "--model", pretrained.model_dir, *device_options, *FILL_MASK_SENTENCES), run_fill)
@@ -305,18 +309,24 @@ def run_demo(
     summary = report.to_json()
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(report_markdown(summary), encoding="utf-8")
+    outputs.record("report.json", "report.md")
     return report
 
 
 def report_markdown(summary: dict) -> str:
     """report.json as a short Markdown page: the two accuracies, then each stage with its time and command."""
+    from sbert_cli.model.precision import machine_summary
+
     accuracy, macro_f1 = summary["dev_accuracy"], summary["dev_macro_f1"]
     settings, machine = summary["settings"], summary["machine"]
     stages = {s["name"]: s for s in summary["stages"]}
+    where = machine["cuda"] if summary["device"].startswith("cuda") else (
+        machine["cpu"] + ("" if machine["cpu_bf16"] else " (no native bf16)"))
     lines = [
         "# sbert demo report", "",
         f"THUCNews titles: {stages['make-mlm-data']['lines']:,} for training, {stages['eval']['examples']:,} dev "
-        f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}.", "",
+        f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}, "
+        f"{summary['precision']} on {where}.", "",
         "| model | dev accuracy | dev macro-F1 |", "|---|---:|---:|",
         f"| {settings['config_name']} BERT, pretrained here from scratch, then fine-tuned | {accuracy['bert']:.4f} | {macro_f1['bert']:.4f} |",
         f"| char 1-2-gram TF-IDF + LinearSVC | {accuracy['tfidf_linear_svm']:.4f} | {macro_f1['tfidf_linear_svm']:.4f} |", "",
@@ -326,6 +336,5 @@ def report_markdown(summary: dict) -> str:
         command = f"`{stage['command']}`" if stage["command"] else "scikit-learn, in the demo"
         lines.append(f"| {stage['name']} | {stage['seconds']:.1f} | {command} |")
     lines += [f"| **total** | **{summary['total_seconds']:.1f}** | |", "",
-              f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch threads: {machine['torch_threads']}, "
-              f"torch {machine['torch']}" + (f", {machine['cuda']}" if machine["cuda"] else "") + ".", ""]
+              f"Ran on {summary['device']} in {summary['precision']}: {machine_summary(machine)}.", ""]
     return "\n".join(lines)

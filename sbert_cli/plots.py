@@ -24,7 +24,8 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanY
 def read_metrics(path: Path) -> list[dict]:
     """The records of a metrics.jsonl file; DataError naming the line for anything that is not a JSON object."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
+        lines = text.splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: not found; point at a run dir written by sbert pretrain or sbert train-cls") from None
     except UnicodeDecodeError as e:
@@ -36,6 +37,8 @@ def read_metrics(path: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
+            if line_number == len(lines) and not text.endswith("\n"):  # cut short by a crash: plot the complete lines
+                continue
             raise DataError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict) or "step" not in record:
             raise DataError(f"{path}:{line_number}: expected a JSON object with a \"step\"")

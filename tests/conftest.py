@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,9 @@ def make_hf_checkpoint(path: Path, kind: str = "mlm", seed: int = 0, **overrides
     model = classes[kind](config).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))  # safetensors; tests that need a .bin write it themselves
-    shutil.copyfile(CHINESE_VOCAB, path / "vocab.txt")
+    # vocab.txt lists exactly vocab_size tokens (sbert refuses a mismatch); the special tokens are in the first 104.
+    lines = CHINESE_VOCAB.read_text(encoding="utf-8").split("\n")[: config.vocab_size]
+    (path / "vocab.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
 

@@ -95,7 +95,10 @@ def test_existing_destination_is_kept_unless_forced(hf_dirs, tmp_path):
         convert_weights(hf_dirs["mlm"], destination, probe=False)
     assert (destination / "notes.txt").read_text() == "mine"
     convert_weights(hf_dirs["mlm"], destination, force=True, probe=False)
-    assert not (destination / "notes.txt").exists() and (destination / "model.safetensors").is_file()
+    # --force writes the model files beside the user's file: only what sbert wrote is ever replaced (issue 12)
+    assert (destination / "notes.txt").read_text() == "mine" and (destination / "model.safetensors").is_file()
+    convert_weights(hf_dirs["mlm"], destination, to="hf", force=True, probe=False)  # sbert's own files are replaced
+    assert (destination / "notes.txt").read_text() == "mine" and not (destination / "sbert.json").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     convert_weights(hf_dirs["mlm"], empty, probe=False)  # an empty folder is fine without --force
@@ -151,3 +154,24 @@ def test_command_errors_are_one_line(hf_dirs, tmp_path):
         assert result.stderr.startswith(message), result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_of_a_mean_pooled_classifier_loads_but_transformers_uses_its_pooler(hf_dirs, tmp_path):
+    """What the README says: transformers loads such an export whole, keeps classifier_pooling as an unknown
+    config attribute, and classifies from the pooler, so only sbert gives the trained model's logits."""
+    from sbert_cli.model.model_dir import load_for_task
+
+    convert_weights(hf_dirs["cls"], tmp_path / "sbert", probe=False)
+    config = json.loads((tmp_path / "sbert" / "config.json").read_text())
+    (tmp_path / "sbert" / "config.json").write_text(json.dumps({**config, "classifier_pooling": "mean"}))
+    convert_weights(tmp_path / "sbert", tmp_path / "hf", to="hf", probe=False)
+    model, info = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.classifier_pooling == "mean"
+    input_ids = torch.tensor([[101, 1266, 776, 102]])
+    ours = load_for_task(tmp_path / "sbert", "cls").model
+    with torch.no_grad():
+        theirs = model.eval()(input_ids).logits
+        assert not torch.allclose(theirs, ours(input_ids), atol=1e-4)
+        ours.config.classifier_pooling = "pooler"
+        torch.testing.assert_close(theirs, ours(input_ids), atol=1e-5, rtol=1e-5)

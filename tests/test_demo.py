@@ -24,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu", "--precision", "fp32"])
     return out, result
 
 
@@ -82,10 +82,15 @@ def test_demo_refuses_a_non_empty_out_without_force(tmp_path):
 
 
 def test_force_removes_only_what_a_demo_wrote(tmp_path):
+    from sbert_cli.outputs import OutputDir
+
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     (tmp_path / "report.json").write_text("{}", encoding="utf-8")
     (tmp_path / "pretrain" / "last").mkdir(parents=True)
-    prepare_demo_dir(tmp_path, force=True)
+    (tmp_path / "pretrain" / "last" / "config.json").write_text("{}", encoding="utf-8")
+    OutputDir(tmp_path).record("report.json")  # what an earlier demo wrote, recorded as it writes
+    OutputDir(tmp_path / "pretrain").record("last")  # a stage's own run dir records its files too
+    prepare_demo_dir(tmp_path, force=True).release()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert "notes.txt" not in DEMO_ARTIFACTS
     with pytest.raises(ConfigError, match="is a file"):

@@ -51,7 +51,8 @@ def two_process_run(tmp_path_factory, data, hf_mlm_dir):
     # per process: 2 examples x 2 accumulation steps; global batch 8
     result = subprocess.run(
         torchrun("train-cls", "--data-dir", data, "--model", hf_mlm_dir, "--out", out, "--epochs", 2, "--batch-size", 2,
-                 "--grad-accum", 2, "--lr", 1e-3, "--max-seq-len", 32, "--eval-every", 5, "--no-plot", "--device", "cpu"),
+                 "--grad-accum", 2, "--lr", 1e-3, "--max-seq-len", 32, "--eval-every", 5, "--no-plot", "--device", "cpu",
+                 "--precision", "fp32"),
         env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,7 +64,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, da
     torch.set_num_threads(1)
     single = train_classifier(
         ClassifierOptions(data_dir=data, model=str(hf_mlm_dir), max_seq_len=32),
-        TrainConfig(out_dir=tmp_path / "single", batch_size=8, epochs=2, lr=1e-3, eval_every=5, plot=False, device="cpu"),
+        TrainConfig(out_dir=tmp_path / "single", batch_size=8, epochs=2, lr=1e-3, eval_every=5, plot=False, device="cpu",
+                    precision="fp32"),
     )
     assert single.train.step == 22
     a = load_file(str(out / "last" / "model.safetensors"))

@@ -22,7 +22,8 @@ MLM_KEYS = {
     "task", "model", "data", "source", "seed", "num_sequences", "num_predictions", "mlm_accuracy",
     "mlm_top5_accuracy", "loss", "perplexity", "runtime", "files",
 }
-RUNTIME_KEYS = {"device", "precision", "batch_size", "seconds", "examples_per_s", "tokens_per_s"}
+RUNTIME_KEYS = {"device", "precision", "batch_size", "seconds", "examples_per_s", "tokens_per_s", "machine"}
+MACHINE_KEYS = {"cpu", "cpu_bf16", "cpu_flags", "cpu_count", "usable_cpus", "threads", "torch", "platform", "cuda"}
 LABELS = ["finance", "sports", "game"]  # hf_cls_dir's id2label
 
 
@@ -106,6 +107,7 @@ def test_cls_json_schema_is_stable(cls_result):
     summary = cls_result[0].to_json()
     assert set(summary) == CLS_KEYS
     assert set(summary["runtime"]) == RUNTIME_KEYS
+    assert set(summary["runtime"]["machine"]) == MACHINE_KEYS and summary["runtime"]["machine"]["threads"] >= 1
     assert set(summary["files"]) == {"metrics", "confusion_matrix", "misclassified"}
     for average in ("macro", "micro", "weighted"):
         assert set(summary[average]) == {"precision", "recall", "f1"}
@@ -113,10 +115,12 @@ def test_cls_json_schema_is_stable(cls_result):
     assert summary["macro_f1"] == summary["macro"]["f1"] and summary["task"] == "cls"
 
 
-def test_eval_refuses_to_overwrite_without_force(hf_cls_dir, cls_data, cls_result):
-    _, out = cls_result
-    with pytest.raises(ConfigError, match="--force"):
-        evaluate(hf_cls_dir, cls_data, out_dir=out, device="cpu")
+def test_eval_refuses_to_overwrite_a_users_file(hf_cls_dir, cls_data, tmp_path):
+    # A report is derived: a rerun replaces its own files (issue 13); a file sbert did not write is never replaced.
+    (tmp_path / "metrics.json").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files sbert did not write"):
+        evaluate(hf_cls_dir, cls_data, out_dir=tmp_path, device="cpu")
+    assert (tmp_path / "metrics.json").read_text() == "mine"
 
 
 def test_infer_task(hf_cls_dir, hf_mlm_dir, tmp_path):
@@ -260,8 +264,7 @@ def test_mlm_accuracy_counts_hits(hf_mlm_dir, raw_text, tmp_path):
 
     from sbert_cli.data.shards import MLMShards
     from sbert_cli.model.model_dir import load_tokenizer
-    from sbert_cli.tasks.classification import Runtime
-    from sbert_cli.tasks.evaluate import _masked_examples, _score_masked
+    from sbert_cli.tasks.mlm import eval_source, score_masked
 
     class CopyInput(torch.nn.Module):
         def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None):
@@ -269,11 +272,8 @@ def test_mlm_accuracy_counts_hits(hf_mlm_dir, raw_text, tmp_path):
             return torch.nn.functional.one_hot(seen, 21128).float() * 10
 
     shards = MLMShards(_make_shards(raw_text, tmp_path / "s", hf_mlm_dir, mask_token_prob=0.5, random_token_prob=0.0))
-    examples = _masked_examples(shards, load_tokenizer(hf_mlm_dir), seed=0)
-    runtime = Runtime("cpu", "fp32", 8)
-    correct, correct_top5, _, count = _score_masked(
-        CopyInput(), examples, shards.lengths(), 0, 8, torch.device("cpu"), "fp32", runtime, None
-    )
+    source = eval_source(shards, load_tokenizer(hf_mlm_dir), seed=0)
+    _, count, correct, correct_top5 = score_masked(CopyInput(), source, 0, 8, torch.device("cpu"), "fp32")
     counts = shards.manifest["counts"]
     assert count == counts["masked"] and correct == correct_top5 == counts["masked_unchanged"] > 0
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.data.flat_encode import FlatEncoder
+from sbert_cli.model.flat_encode import FlatEncoder
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.shards import MLMShards
 from sbert_cli.errors import ConfigError
@@ -50,6 +50,24 @@ def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
     again = run_cli(corpus, "--out", tmp_path / "w1", "--force", "--seed", 7)
     assert again.exit_code == 0, again.output
     assert tree_bytes(tmp_path / "w1") != one  # another seed, other masks
+
+
+def test_with_two_workers_this_process_and_its_helper_share_the_chunks(tmp_path, monkeypatch):
+    """--workers 2 is this process plus one spawned helper: many small chunks, interleaved, and the same bytes."""
+    from sbert_cli.data import mlm_data
+
+    corpus = tmp_path / "corpus.txt"
+    lines = [line.split("\t")[0] for line in THUCNEWS_TRAIN.read_text(encoding="utf-8").splitlines()[:3000]]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = MLMDataSettings(max_seq_len=32, chunk_lines=64)  # 47 chunks
+    tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
+    make_mlm_data([corpus], tmp_path / "w1", tokenizer, settings, workers=1)
+    here = []
+    original = mlm_data.ChunkProcessor.__call__
+    monkeypatch.setattr(mlm_data.ChunkProcessor, "__call__", lambda self, chunk: here.append(chunk.index) or original(self, chunk))
+    make_mlm_data([corpus], tmp_path / "w2", tokenizer, settings, workers=2)  # the helper runs the original code
+    assert 0 < len(here) < 47  # both took chunks
+    assert tree_bytes(tmp_path / "w1") == tree_bytes(tmp_path / "w2")
 
 
 TEXT_PIECES = st.sampled_from(

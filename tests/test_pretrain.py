@@ -14,7 +14,7 @@ from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.shards import MLMShards
 from sbert_cli.model.model_dir import load_for_task
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, PretrainOptions, _masker_for
+from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, masker_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,7 +86,7 @@ def test_continued_pretraining_from_hf_mlm_checkpoint_reports_no_new_head(tmp_pa
 
 def test_dynamic_masks_depend_on_seed_epoch_and_index_only(unmasked_data, tokenizer):
     shards = MLMShards(unmasked_data)
-    masker = _masker_for(shards, PretrainOptions(data=unmasked_data, dynamic_masking=True), tokenizer)
+    masker = masker_for(shards, tokenizer)
     source = MLMSource(shards, np.arange(len(shards)), masker, seed=1, stream=TRAIN_STREAM)
     a = source.batch([3, 7, 11], epoch=0, pad_id=0)
     b = source.batch([11, 3], epoch=0, pad_id=0)  # other batch mates, other order
@@ -129,7 +129,7 @@ def test_dynamic_masking_trains(tmp_path, unmasked_data):
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, masked_data, unmasked_data, vocab_path, args, expected):
     small_vocab = tmp_path / "vocab.txt"
-    small_vocab.write_text("".join(line + "\n" for line in vocab_path.read_text(encoding="utf-8").splitlines()[:2000]))
+    small_vocab.write_text("".join(line + "\n" for line in vocab_path.read_text(encoding="utf-8").split("\n")[:2000]))  # not splitlines: a token is U+2028
     values = {"{masked}": masked_data, "{unmasked}": unmasked_data, "{tmp}": tmp_path, "{vocab}": small_vocab}
     args = [str(values.get(a, a)) for a in args]
     result = run("pretrain", "--out", tmp_path / "out", "--max-steps", 1, *args)
@@ -137,3 +137,22 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, masked_data, unmasked_data, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_held_out_figures_equal_sbert_eval_on_the_same_sequences(tmp_path, unmasked_data):
+    """One masked-position scorer and one evaluation-masking scheme: pretrain's held-out evaluation of --eval-data
+    and `sbert eval` of the same data on the same model report the same figures."""
+    from sbert_cli.tasks.evaluate import evaluate
+    from sbert_cli.tasks.mlm import PretrainOptions, pretrain
+    from sbert_cli.train.loop import TrainConfig
+
+    options = PretrainOptions(data=unmasked_data, config_name="tiny", dynamic_masking=True, eval_data=unmasked_data)
+    config = TrainConfig(out_dir=tmp_path / "run", max_steps=2, epochs=None, batch_size=8, lr=1e-3, plot=False,
+                         device="cpu", precision="fp32")
+    result = pretrain(options, config)
+    held_out = result.train.last_eval
+    report = evaluate(tmp_path / "run" / "last", unmasked_data, task="mlm", device="cpu", precision="fp32")
+    assert report.num_predictions > 0
+    assert held_out["mlm_accuracy"] == pytest.approx(report.mlm_accuracy, abs=1e-12)
+    assert held_out["mlm_top5_accuracy"] == pytest.approx(report.mlm_top5_accuracy, abs=1e-12)
+    assert held_out["loss"] == pytest.approx(report.loss, rel=1e-5)

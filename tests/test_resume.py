@@ -42,7 +42,7 @@ def options(data):
 def config(out, **changes):
     # CPU: bit-identical results are a CPU fp32 promise (CUDA kernels may sum in varying order).
     settings = dict(out_dir=out, batch_size=8, grad_accum=2, epochs=2, lr=1e-3, eval_every=4, save_every=3,
-                    keep_last=2, plot=False, device="cpu")
+                    keep_last=2, plot=False, device="cpu", precision="fp32")
     return TrainConfig(**{**settings, **changes})
 
 
@@ -121,7 +121,7 @@ def test_pretraining_with_dynamic_masking_resumes_bit_identical(tmp_path, thucne
     corpus.write_text("".join(line.split("\t")[0] + "\n" for line in lines), encoding="utf-8")
     make_mlm_data([corpus], tmp_path / "mlm", BertTokenizer.from_vocab(vocab_path), MLMDataSettings(max_seq_len=32, mask=False, segmenter="none"))
     mlm_options = PretrainOptions(data=tmp_path / "mlm", config_name="tiny", dynamic_masking=True, eval_fraction=0.1)
-    settings = dict(batch_size=8, grad_accum=1, epochs=3, lr=1e-3, plot=False, device="cpu")
+    settings = dict(batch_size=8, grad_accum=1, epochs=3, lr=1e-3, plot=False, device="cpu", precision="fp32")
     pretrain(mlm_options, TrainConfig(out_dir=tmp_path / "ref", **settings))
     stopped = pretrain(mlm_options, TrainConfig(out_dir=tmp_path / "run", **settings), on_micro_batch=signal_at(16, 0))
     assert stopped.train.interrupted and stopped.train.epoch > 1  # past an epoch boundary: new masks
@@ -135,7 +135,7 @@ def test_kill_9_then_resume_from_the_latest_complete_checkpoint(tmp_path, data, 
     # The reference settings; how often a run evaluates or saves does not change its weights.
     command = [sys.executable, "-m", "sbert_cli", "train-cls", "--data-dir", str(data), "--config", "tiny",
                "--max-seq-len", "32", "--batch-size", "8", "--grad-accum", "2", "--epochs", "2", "--lr", "1e-3",
-               "--save-every", "2", "--no-plot", "--device", "cpu", "--out", str(out)]
+               "--save-every", "2", "--no-plot", "--device", "cpu", "--precision", "fp32", "--out", str(out)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(checkpoint_dirs(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -148,3 +148,63 @@ def test_kill_9_then_resume_from_the_latest_complete_checkpoint(tmp_path, data, 
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     assert_identical(weights(reference), weights(out))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data):
+    out = tmp_path / "run"
+    settings = dict(max_steps=9, epochs=None, eval_every=None, save_every=3, precision="fp32")
+    stopped = train_classifier(options(data), config(out, **settings), on_micro_batch=signal_at(4, 0))
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-0000003", "step-0000005"]
+    latest = out / "checkpoints" / "step-0000005" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated, as by a full disk
+    (out / ".last.tmp-99999").mkdir()  # what a kill -9 during the final save leaves behind
+    resumed = train_classifier(options(data), config(out, resume=True, **settings))
+    assert stopped.train.interrupted and resumed.train.resumed_from.name == "step-0000003"
+    assert any("step-0000005/model.safetensors: cannot be read" in m and "previous checkpoint" in m
+               for m in resumed.train.messages)
+    assert resumed.train.step == 9 and (out / "last" / "model.safetensors").is_file()
+    assert not (out / ".last.tmp-99999").exists()
+
+
+def test_every_checkpoint_damaged_is_one_line_and_a_finished_run_reports_its_step(tmp_path, data):
+    from typer.testing import CliRunner
+
+    from sbert_cli.cli import app
+
+    out = tmp_path / "run"
+    argv = ["train-cls", "--data-dir", str(data), "--config", "tiny", "--max-seq-len", "32", "--batch-size", "8",
+            "--max-steps", "4", "--save-every", "2", "--no-plot", "--device", "cpu", "--precision", "fp32", "--out", str(out)]
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    again = CliRunner().invoke(app, [*argv, "--resume"])  # the run had finished: nothing to do, and it says so
+    assert again.exit_code == 0 and "done: step 4/4" in again.stdout, again.output
+    for checkpoint in checkpoint_dirs(out):
+        (checkpoint / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(app, [*argv, "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: cannot resume:") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_second_sigterm_aborts_with_exit_code_143(tmp_path, data):
+    from sbert_cli.train.distributed import Interrupted
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped:
+        train_classifier(options(data), config(out, precision="fp32"),
+                         on_micro_batch=signal_at(4, 0, signal.SIGTERM, times=2))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM and "SIGTERM again" in str(stopped.value)
+
+
+def test_sigterm_exits_143_with_the_resume_command(tmp_path, data):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "sbert_cli", "train-cls", "--data-dir", str(data), "--config", "tiny",
+               "--max-seq-len", "32", "--batch-size", "8", "--epochs", "50", "--no-plot", "--device", "cpu",
+               "--precision", "fp32", "--out", str(out)]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "resume with:" in stdout and "--resume" in stdout and "Traceback" not in stderr

@@ -108,7 +108,9 @@ def test_output_dir_is_refused_when_not_empty_unless_forced(tmp_path):
     (written_dir / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="--force"):
         prepare_output_dir(written_dir, force=False)
-    assert prepare_output_dir(written_dir, force=True) is False
+    outputs = prepare_output_dir(written_dir, force=True)
+    assert outputs.created is False
+    outputs.release()
     # Forcing removes only earlier make-mlm-data output.
     assert sorted(p.name for p in written_dir.iterdir()) == ["notes.txt"]
-    assert prepare_output_dir(tmp_path / "new" / "dir", force=False) is True
+    assert prepare_output_dir(tmp_path / "new" / "dir", force=False).created is True

@@ -144,3 +144,20 @@ def test_vocab_without_special_tokens_is_refused(tmp_path):
     path.write_text("a\nb\n", encoding="utf-8")
     with pytest.raises(ModelLoadError, match=r"lacks the special tokens \[PAD\], \[UNK\]"):
         BertTokenizer.from_vocab(path)
+
+
+@pytest.mark.parametrize("max_length", [None, 8, 32])
+def test_the_one_encode_path_equals_the_tokenizer_on_thucnews(thucnews_dev, max_length):
+    """encode/encode_with_types (training, eval, predict, embed) take a fast path for single texts: same ids."""
+    from sbert_cli.model.tokenizer import BertTokenizer
+    from sbert_cli.resources import CHINESE_VOCAB
+
+    tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
+    texts = [line.split("\t")[0] for line in thucnews_dev.read_text(encoding="utf-8").splitlines()]
+    texts += ["Hello World！😀 你好 [MASK] café", "a\nb 中文", "", "   "]
+    expected = [e.ids for e in tokenizer.encode_batch(texts, max_length=max_length)]
+    ids, types = tokenizer.encode_with_types(texts, None, max_length)
+    assert ids == expected and types is None
+    pairs = ["体育新闻"] * len(texts)
+    ids, types = tokenizer.encode_with_types(texts, pairs, max_length)
+    assert ids == [e.ids for e in tokenizer.encode_batch(texts, pairs=pairs, max_length=max_length)]

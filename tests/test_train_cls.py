@@ -34,7 +34,7 @@ def trained(tmp_path_factory, thucnews_train, thucnews_dev, thucnews_classes):
     result = run(
         "train-cls", "--train", thucnews_train, "--dev", thucnews_dev, "--test", test_file, "--labels", thucnews_classes,
         "--config", "tiny", "--out", out, "--max-steps", 360, "--batch-size", 16, "--lr", 1e-3, "--max-seq-len", 32,
-        "--eval-every", 120, "--log-every", 20,
+        "--eval-every", 120, "--log-every", 20, "--precision", "fp32",
     )
     assert result.exit_code == 0, result.output
     return out, result
@@ -65,6 +65,8 @@ def test_run_dir_layout_and_metrics_schema(trained):
     assert config["label2id"]["entertainment"] == 9
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["precision"] == "fp32" and run_info["global_batch_size"] == 16
+    machine = run_info["machine"]  # what the figures came from: CPU model, native bf16, threads
+    assert machine["cpu"] and isinstance(machine["cpu_bf16"], bool) and machine["threads"] >= 1
 
 
 def test_plot_redraws_the_curves(trained):
@@ -109,6 +111,7 @@ def files(tmp_path, thucnews_train):
         (["--train", "{tmp}/train.txt", "--dev", "{tmp}/dev.txt"], "dev.txt:11: label 'weather' not in the training labels"),
         (["--train", "{tmp}/train.txt", "--metric", "auc"], "--metric 'auc'"),
         (["--train", "{tmp}/train.txt", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["--train", "{tmp}/train.txt", "--precision", "int8", "--device", "cpu"], "int8 is for inference only"),
         (["--train", "{tmp}/train.txt", "--max-seq-len", "1000"], "exceeds the model's 512 positions"),
         (["--train", "{tmp}/train.txt", "--resume"], "no checkpoint under"),
         (["--train", "{tmp}/train.txt", "--resume", "--force"], "give one of them"),
@@ -134,9 +137,52 @@ def test_existing_results_are_not_overwritten(files):
     one_line_error(result, "overwrite its results with --force")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     # --force replaces what a run writes, and only that
-    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
-    result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--max-steps", 1,
-                 "--force", "--no-plot")
-    assert result.exit_code == 0, result.output
+    for steps in (2, 1):
+        result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--max-steps", steps,
+                     "--force", "--no-plot")
+        assert result.exit_code == 0, result.output
     assert (out / "notes.txt").read_text() == "keep me"
-    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
+    assert '"step": 2' not in (out / "metrics.jsonl").read_text()
+
+
+def test_train_cls_learns_at_its_default_options(tmp_path, thucnews_train, thucnews_dev, thucnews_classes):
+    """--config tiny with no --lr: the lr rule picks a from-scratch rate, and the model learns (chance is 0.1)."""
+    lines = thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "train.txt").write_text("".join(lines[:3000]), encoding="utf-8")
+    (tmp_path / "dev.txt").write_text("".join(thucnews_dev.read_text(encoding="utf-8").splitlines(keepends=True)[:300]), encoding="utf-8")
+    out = tmp_path / "run"
+    result = run("train-cls", "--train", tmp_path / "train.txt", "--dev", tmp_path / "dev.txt", "--labels", thucnews_classes,
+                 "--config", "tiny", "--out", out, "--precision", "fp32", "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert "lr 2e-3 (from scratch; --lr to change)" in result.stdout
+    dev = json.loads((out / "eval-dev" / "metrics.json").read_text())
+    assert dev["accuracy"] > 0.3, dev["accuracy"]
+
+
+def test_mean_pooling_is_saved_and_reloads_the_same(tmp_path, files):
+    import torch
+
+    out = tmp_path / "run"
+    result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--max-steps", 2,
+                 "--pooling", "mean", "--no-plot", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "last" / "config.json").read_text())["classifier_pooling"] == "mean"
+    assert json.loads((out / "run.json").read_text())["pooling"] == "mean"
+    model = load_for_task(out / "last", "cls").model
+    assert model.config.classifier_pooling == "mean"
+    input_ids = torch.tensor([[101, 1266, 776, 102, 0], [101, 1266, 102, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    with torch.no_grad():
+        hidden = model.bert.encode(input_ids, attention_mask)
+        mean = torch.stack([hidden[0, :4].mean(0), hidden[1, :3].mean(0)])
+        torch.testing.assert_close(model(input_ids, attention_mask), model.classifier(mean))
+    # the default writes nothing new into config.json, so transformers' BertForSequenceClassification sees the same model
+    default = tmp_path / "default"
+    assert run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", default, "--max-steps", 1,
+               "--no-plot").exit_code == 0
+    assert "classifier_pooling" not in json.loads((default / "last" / "config.json").read_text())
+
+
+def test_bad_pooling_is_one_line(files):
+    result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", files / "out", "--pooling", "max")
+    one_line_error(result, "--pooling 'max': use one of pooler, cls, mean")

@@ -15,7 +15,8 @@ from typer.core import TyperGroup
 
 from sbert_cli.errors import SbertError
 
-console = Console(highlight=False)
+# Not a terminal (a pipe, a file): lines are not hard-wrapped at 80 columns.
+console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -25,14 +26,46 @@ def fail(message: str) -> "typer.Exit":
     return typer.Exit(1)
 
 
+def _flags_show_no_value(command: click.Command) -> click.Command:
+    """Help lists `--force`, not `--force <bool>`: a flag takes no value."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    if not getattr(command, "_sbert_help_option", False):  # --help itself is made when help is shown
+        made = command.get_help_option
+
+        def get_help_option(ctx: click.Context):
+            option = made(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
+        command._sbert_help_option = True
+    return command
+
+
 class SbertGroup(TyperGroup):
     """Turns SbertError (and a broken pipe) into a one-line message and exit code 1, never a traceback."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        return _flags_show_no_value(command) if command is not None else None
+
+    def format_help(self, ctx: click.Context, formatter) -> None:
+        _flags_show_no_value(self)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SbertError as e:
             raise fail(str(e)) from None
+        except KeyboardInterrupt as e:
+            # A second Ctrl-C / SIGTERM in training (train.distributed.Interrupted) says what happened; a Ctrl-C
+            # elsewhere ends the command: no traceback either way, exit code 128 + the signal's number.
+            click.echo(str(e) or "interrupted", err=True)
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
         except BrokenPipeError:
             # `sbert predict ... | head`: the reader went away; exit quietly.
             sys.stderr.close()
@@ -42,7 +75,8 @@ class SbertGroup(TyperGroup):
 app = typer.Typer(
     cls=SbertGroup,
     name="sbert",
-    help="Chinese BERT toolkit: download, convert-weights, make-mlm-data, pretrain, train-cls, eval, predict, fill-mask, demo.",
+    help="Chinese BERT toolkit: download, convert-weights, make-mlm-data, pretrain, train-cls, eval, predict, fill-mask, "
+    "plot, embed, similar, serve, demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

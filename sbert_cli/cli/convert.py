@@ -50,20 +50,31 @@ def convert_weights_command(
     table.add_row("files", ", ".join(summary.files))
     probe_result = summary.probe
     if probe_result is not None:
-        verdict = "[bold red]looks UNTRAINED[/]" if probe_result.looks_untrained else "[green]ok[/]"
+        styles = {"untrained": "[bold red]looks UNTRAINED[/]", "weak": f"[yellow]{probe_result.describe()}[/]",
+                  "trained": "[green]trained[/]"}
         table.add_row(
             "MLM probe",
-            f"top-1 {probe_result.accuracy:.1%}, top-5 {probe_result.top5_accuracy:.1%} on "
-            f"{probe_result.predictions} masked characters — {verdict}",
+            f"top-1 {probe_result.accuracy:.1%}, top-5 {probe_result.top5_accuracy:.1%}, top-100 "
+            f"{probe_result.top100_accuracy:.1%} on {probe_result.predictions} masked characters (chance "
+            f"{probe_result.chance:.3%} / {5 * probe_result.chance:.3%} / {100 * probe_result.chance:.2%}; most frequent "
+            f"characters {probe_result.unigram_accuracy:.1%} / {probe_result.unigram_top5_accuracy:.1%}) — "
+            f"{styles[probe_result.verdict]}",
         )
     console.print(table)
     for note in summary.notes:
         console.print(f"note: {note}", soft_wrap=True)
     if probe_result is not None and probe_result.looks_untrained:
         err_console.print(
-            f"[bold red]warning:[/] the MLM head restores only {probe_result.accuracy:.1%} of masked characters in "
-            f"everyday sentences (chance: {probe_result.chance:.3%}; a trained Chinese BERT gets far above "
-            f"{probe_result.threshold:.0%}). It was probably never trained or was saved without its weights: "
-            "fill-mask output will be noise, and continued pretraining starts from an untrained head.",
+            f"[bold red]warning:[/] the MLM head restores only {probe_result.top100_accuracy:.1%} of masked characters in "
+            f"everyday sentences even within its top 100: no better than chance ({100 * probe_result.chance:.2%}). It was "
+            "probably never trained or was saved without its weights: fill-mask output will be noise, and continued "
+            "pretraining starts from an untrained head.",
+            soft_wrap=True,
+        )
+    elif probe_result is not None and probe_result.verdict == "weak":
+        err_console.print(
+            f"note: the MLM head is trained but weak: top-1 {probe_result.accuracy:.1%} (a well-trained Chinese BERT "
+            f"gets far above {probe_result.threshold:.0%}); fill-mask suggestions will be rough. More pretraining "
+            "(sbert pretrain --model ...) improves it.",
             soft_wrap=True,
         )

@@ -122,6 +122,8 @@ def _print_report(report) -> None:
     else:
         table.add_row("masked", "-", "none (--no-mask): pretrain --dynamic-masking masks")
     table.add_row("speed", f"{report.lines_per_second:,.0f}", f"lines/s ({report.seconds:.1f} s)")
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     console.print(f"wrote [bold]{report.out}[/] ({shards} shard{'s' if shards != 1 else ''}, {decimal(size)})", soft_wrap=True)
     console.print(table)
     if skipped:

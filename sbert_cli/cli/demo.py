@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from sbert_cli.cli.app import app, console
+from sbert_cli.cli.progress import training_progress
+from sbert_cli.cli.report import THREADS_HELP, set_threads
 from sbert_cli.demo import (  # no torch at its top: `sbert --help` stays fast
     DEFAULT_OUT,
     QUICK,
@@ -32,6 +35,10 @@ def demo_command(
         help=f"Smoke test: {QUICK.train_lines} titles, one epoch per stage, under a minute. Its figures mean nothing.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="Every stage: auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA)."
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     seed: int = typer.Option(42, "--seed", help="Seeds masking, model initialisation, dropout and training order."),
 ) -> None:
     """Run the whole pipeline offline on bundled THUCNews titles: make-mlm-data, pretrain a tiny BERT from
@@ -42,7 +49,8 @@ def demo_command(
 
     from sbert_cli.demo import FULL, STAGES, run_demo
 
-    settings = dataclasses.replace(QUICK if quick else FULL, device=device, seed=seed)
+    settings = dataclasses.replace(QUICK if quick else FULL, device=device, precision=precision, seed=seed)
+    set_threads(threads)  # the figures depend on it (float sums): report.json records it
     if quick:
         console.print("[yellow]--quick:[/] a smoke test on a few titles and steps; its accuracy means nothing")
 
@@ -51,7 +59,8 @@ def demo_command(
         if command:
             console.print(f"[dim]same as: {escape(command)}[/]", soft_wrap=True)
 
-    report = run_demo(out, settings, force=force, console=console, on_stage_start=started, on_stage_end=_render_stage)
+    report = run_demo(out, settings, force=force, training_callbacks=lambda: training_progress(console),
+                      on_stage_start=started, on_stage_end=_render_stage)
     _render_summary(report)
 
 
@@ -95,6 +104,8 @@ def _render_summary(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from sbert_cli.model.precision import machine_summary
+
     summary = report.to_json()
     settings = report.settings
     console.rule("[bold]summary[/]")
@@ -123,5 +134,7 @@ def _render_summary(report) -> None:
         times.add_row(stage.name, f"{stage.seconds:.1f} s")
     times.add_row("[bold]total[/]", f"[bold]{report.total_seconds:.1f} s[/]")
     console.print(times)
+    console.print(escape(f"ran on {summary['device']} in {summary['precision']}: {machine_summary(summary['machine'])}"),
+                  soft_wrap=True)
     console.print(escape(f"wrote {report.files['report_json']} and {report.files['report_md']}; everything else under "
                          f"{report.out_dir}/"), soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console
+from sbert_cli.cli.report import INFERENCE_PRECISION_HELP, THREADS_HELP, set_threads
 from sbert_cli.model.hub import (
     DEFAULT_REPO,  # hub imports huggingface_hub only when called, so this stays light
 )
@@ -25,26 +26,42 @@ def fill_mask_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    truncate: bool = typer.Option(False, "--truncate", help="Cut a text longer than the model's positions to fit, instead of treating it as a bad line."),
+    on_bad_lines: str = typer.Option(
+        "error", "--on-bad-lines", help="error or skip: a text without [MASK] or too long for the model stops the run "
+        "(after the results before it), or is skipped and counted on stderr."
+    ),
 ) -> None:
     """Predict the tokens behind [MASK]: top-k candidates with probabilities (softmax over the vocab).
 
-    Texts come from the arguments, --file, or stdin (one per line). With --joint, each run of
+    Texts come from the arguments, --file, or stdin (one per line), and are read and answered a few hundred
+    at a time, so output starts at once and memory stays flat on long inputs. With --joint, each run of
     consecutive [MASK]s is filled as one word: the most confident position first, then the model is
     run again with it filled in, keeping the best partial words (a beam of at least 8); a word's score
     is the product of the probabilities of its tokens when each was chosen.
     """
-    from sbert_cli.tasks.mlm import read_texts, run_fill_mask
+    import sys
 
-    all_texts, origins = read_texts(texts or [], file)
-    results = run_fill_mask(
-        model, all_texts, top_k=top_k, joint=joint, origins=origins, batch_size=batch_size, device=device
-    )
+    from sbert_cli.cli.app import err_console
+    from sbert_cli.tasks.mlm import SkippedTexts, iter_texts, stream_fill_mask
 
-    if as_json:
-        for result in results:
-            print(json.dumps(result.to_json(), ensure_ascii=False))
-        return
-    print_results(results, joint)
+    items = iter_texts(texts or [], file)  # a missing input fails before the model loads
+    set_threads(threads)
+    skipped = SkippedTexts()
+    results = stream_fill_mask(model, items, top_k=top_k, joint=joint, batch_size=batch_size, device=device,
+                               precision=precision, truncate=truncate, on_bad_lines=on_bad_lines, skipped=skipped)
+    for result in results:
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+        else:
+            print_results([result], joint)
+        sys.stdout.flush()  # each result as it comes, also through a pipe
+    if skipped.count:
+        err_console.print(f"skipped {skipped.count:,} text{'s' if skipped.count != 1 else ''}, e.g.:", markup=False)
+        for example in skipped.examples:
+            err_console.print(f"  {example}", markup=False)
 
 
 def print_results(results, joint: bool) -> None:

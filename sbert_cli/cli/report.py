@@ -20,6 +20,17 @@ from rich.text import Text
 from sbert_cli.cli.app import app, console, err_console
 
 PRECISION_HELP = "auto (bf16 where the hardware does it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."
+# eval, predict and fill-mask: bf16 weights are converted once at load; int8 pays off at BERT-base size, not tiny models.
+INFERENCE_PRECISION_HELP = PRECISION_HELP.removesuffix(".") + ", or int8 (CPU: dynamic quantization of the Linear layers)."
+THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
+                "when the command starts).")
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads, applied before any model runs (see precision.configure_threads)."""
+    from sbert_cli.model.precision import configure_threads
+
+    configure_threads(threads)
 
 
 @contextlib.contextmanager
@@ -52,21 +63,23 @@ def eval_command(
     model: str = typer.Option(..., "--model", "-m", help="Model dir (sbert or Hugging Face format) or hub repo id."),
     data: Path = typer.Option(..., "--data", "-d", help="cls: labelled TSV/CSV/JSONL file. mlm: make-mlm-data folder or raw text file."),
     task: Optional[str] = typer.Option(None, "--task", help="cls or mlm; inferred from the model dir when not given."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv). Default: ./eval-<data name>."),
-    force: bool = typer.Option(False, "--force", help="Overwrite the report files of an earlier eval in --out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
+    force: bool = typer.Option(False, "--force", hidden=True, help="Accepted for compatibility: a report replaces its own earlier files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of tables."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Examples per forward pass."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate to this many tokens (default: the length the model was trained with, else its positions)."),
     seed: int = typer.Option(12345, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
 ) -> None:
     """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
     from sbert_cli.tasks.evaluate import default_out_dir, evaluate
 
+    set_threads(threads)
     with _progress_bar("evaluating") as progress:
         result = evaluate(
-            model, data, task=task, out_dir=out or default_out_dir(data), force=force, batch_size=batch_size,
+            model, data, task=task, out_dir=out or default_out_dir(model, data), force=force, batch_size=batch_size,
             precision=precision, device=device, max_length=max_length, seed=seed, progress=progress,
         )
     summary = result.to_json()
@@ -108,10 +121,13 @@ def render_classification(summary: dict) -> None:
     console.print(f"loss {summary['loss']:.4f}")
     console.print(_confusion_table(summary["confusion_matrix"], summary["labels"]))
     files = summary["files"]
-    console.print(Text(
-        f"wrote {files['metrics']}, {files['confusion_matrix']}, "
-        f"{files['misclassified']} ({summary['num_misclassified']:,} misclassified)"
-    ), soft_wrap=True)
+    if files:
+        console.print(Text(
+            f"wrote {files['metrics']}, {files['confusion_matrix']}, "
+            f"{files['misclassified']} ({summary['num_misclassified']:,} misclassified)"
+        ), soft_wrap=True)
+    else:
+        console.print(f"{summary['num_misclassified']:,} misclassified; --out DIR writes the report files")
 
 
 def _confusion_table(matrix: list[list[int]], labels: list[str]):
@@ -151,7 +167,8 @@ def _render_mlm(summary: dict) -> None:
     table.add_row("loss", f"{summary['loss']:.4f}")
     table.add_row("perplexity", f"{summary['perplexity']:.2f}")
     console.print(table)
-    console.print(Text(f"wrote {summary['files']['metrics']}"))
+    if summary["files"]:
+        console.print(Text(f"wrote {summary['files']['metrics']}"))
 
 
 @app.command("predict")
@@ -163,8 +180,9 @@ def predict_command(
     output_format: Optional[str] = typer.Option(None, "--format", help="table, tsv or jsonl (default: table on a terminal, tsv in a pipe)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines: {\"text\": ..., \"labels\": [{\"label\": ..., \"score\": ...}]}."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Texts per forward pass."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate to this many tokens (default: the length the model was trained with)."),
 ) -> None:
     """Classify texts: label names with probabilities."""
@@ -181,6 +199,7 @@ def predict_command(
     if output_format not in ("table", "tsv", "jsonl"):
         raise ConfigError(f"--format must be table, tsv or jsonl, not {output_format!r}")
     inputs = read_inputs(texts or [], file)  # before loading the model: a missing input fails fast
+    set_threads(threads)
     classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
     with _progress_bar("predicting", inputs.total) as progress:
         predictions = predict_stream(classifier, inputs.items, top_k, progress=progress)

@@ -9,6 +9,8 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
+from sbert_cli.cli.progress import training_progress
+from sbert_cli.tasks.lr_rule import rule_help
 
 TRAINING = "Training"
 RUN = "Run dir, checkpoints and evaluation"
@@ -20,7 +22,7 @@ MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", rich_help_panel=TRAINING)]
 GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-batches accumulated per optimizer step.", rich_help_panel=TRAINING)]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", rich_help_panel=TRAINING)]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Linear warmup over this share of the steps.", rich_help_panel=TRAINING)]
+WarmupRatio = Annotated[Optional[float], typer.Option("--warmup-ratio", help="Linear warmup over this share of the steps (default: chosen with the lr, 0.1).", rich_help_panel=TRAINING)]
 WarmupSteps = Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", rich_help_panel=TRAINING)]
 Schedule = Annotated[str, typer.Option("--schedule", help="After warmup: linear, cosine or constant.", rich_help_panel=TRAINING)]
 MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", rich_help_panel=TRAINING)]
@@ -65,19 +67,20 @@ def train_cls(
     dev_file: Annotated[Optional[Path], typer.Option("--dev", help="Dev file: picks the best model.")] = None,
     test_file: Annotated[Optional[Path], typer.Option("--test", help="Test file: reported at the end.")] = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels", help="class.txt: one label name per line (line i = label i).")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Model dir or hub repo id to fine-tune.")] = "hfl/chinese-bert-wwm-ext",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to fine-tune [default: hfl/chinese-bert-wwm-ext, unless --config].")] = None,
     config_name: ModelConfig = None,
     vocab: Vocab = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longer texts are truncated to this many tokens.")] = 128,
     metric: Annotated[str, typer.Option("--metric", help="Dev metric that picks OUT/best: accuracy or macro_f1.")] = "accuracy",
+    pooling: Annotated[Optional[str], typer.Option("--pooling", help="What the classifier reads: pooler (tanh(dense([CLS])), as transformers), cls (the [CLS] vector) or mean (over tokens; suits sentence-embedding models such as m3e). Default: the model's own, else pooler. Saved in config.json.")] = None,
     out: Out = Path("runs/cls"),
     epochs: Epochs = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = 32,
     grad_accum: GradAccum = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=TRAINING)] = 2e-5,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
     weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.1,
+    warmup_ratio: WarmupRatio = None,
     warmup_steps: WarmupSteps = None,
     schedule: Schedule = "linear",
     max_grad_norm: MaxGradNorm = 1.0,
@@ -96,20 +99,23 @@ def train_cls(
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
     config = _train_config(locals())
-    from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+    from sbert_cli.errors import ConfigError
+    from sbert_cli.tasks.classification import DEFAULT_MODEL, ClassifierOptions, train_classifier
+
+    if model is not None and config_name is not None:
+        raise ConfigError("give --model DIR|REPO to fine-tune a checkpoint, or --config tiny|small|base to start from scratch (not both)")
+    model = model if model is not None or config_name is not None else DEFAULT_MODEL
     from sbert_cli.train.distributed import is_main_process
 
     options = ClassifierOptions(
         data_dir=data_dir, train_file=train_file, dev_file=dev_file, test_file=test_file, labels_file=labels_file,
-        model=model, config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, metric=metric,
+        model=model, config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, metric=metric, pooling=pooling,
     )
     main = is_main_process()
-    result = train_classifier(options, config, console=console if main else None)
+    result = train_classifier(options, config, training_progress(console) if main else None)
     if not main:
         return
     _print_run_summary(result.train)
-    if result.train.interrupted:
-        raise typer.Exit(130)
     from sbert_cli.cli.report import (
         render_classification,  # the same report as `sbert eval`
     )
@@ -122,11 +128,18 @@ def train_cls(
 
 
 def _print_run_summary(result) -> None:
+    """The run's last lines; an interrupted run says how to continue and exits 128 + the signal's number."""
     where = f"{result.device}, {result.precision}" + (f", {result.world_size} processes" if result.world_size > 1 else "")
     state = "interrupted" if result.interrupted else ("stopped early" if result.early_stopped else "done")
-    console.print(f"{state}: step {result.step}/{result.total_steps}, epoch {result.epoch:.2f} ({where})")
+    console.print(f"{state}: step {result.step}/{result.total_steps}, epoch {result.epoch:.2f} ({where})", soft_wrap=True)
     if result.best_step is not None and not result.interrupted:
         console.print(f"best at step {result.best_step}: {result.best_value:.4f}")
+    if result.interrupted:
+        from sbert_cli.train.distributed import resume_command
+
+        console.print(f"stopped at step {result.step}; checkpoint saved to {result.checkpoint}", soft_wrap=True)
+        console.print(f"resume with: {resume_command()}", soft_wrap=True, markup=False)  # one line, to copy
+        raise typer.Exit(128 + (result.stop_signal or 2))
 
 
 @app.command("pretrain")
@@ -145,9 +158,9 @@ def pretrain(
     max_steps: MaxSteps = None,
     batch_size: BatchSize = 32,
     grad_accum: GradAccum = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.", rich_help_panel=TRAINING)] = 5e-5,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("mlm"), rich_help_panel=TRAINING)] = None,
     weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = 0.1,
+    warmup_ratio: WarmupRatio = None,
     warmup_steps: WarmupSteps = None,
     schedule: Schedule = "linear",
     max_grad_norm: MaxGradNorm = 1.0,
@@ -175,12 +188,10 @@ def pretrain(
         masked_lm_prob=masked_lm_prob, max_predictions=max_predictions, eval_data=eval_data, eval_fraction=eval_fraction,
     )
     main = is_main_process()
-    result = run_pretrain(options, config, console=console if main else None)
+    result = run_pretrain(options, config, training_progress(console) if main else None)
     if not main:
         return
     _print_run_summary(result.train)
-    if result.train.interrupted:
-        raise typer.Exit(130)
     if result.train.last_eval:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in result.train.last_eval.items())
         console.print(f"held-out: {shown}")

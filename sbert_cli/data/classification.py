@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from sbert_cli.data.text_input import check_text, read_lines
 from sbert_cli.errors import DataError
 
 # Column / field names recognised in CSV headers and JSONL objects, in order of preference.
@@ -165,16 +166,7 @@ def _as_int(text: str) -> int | None:
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline), tolerating a BOM and CRLF; bad UTF-8 names its line."""
     with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, 1):
-            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
-            if "\x00" in line:
-                raise DataError(f"{path}:{line_number}: contains NUL bytes; is this a text file?")
-            yield line_number, line.rstrip("\r\n")
+        yield from read_lines(f, str(path))
 
 
 def _tsv_rows(path, text_column, pair_column, label_column, require_labels):
@@ -247,6 +239,15 @@ def _csv_rows(path, text_column, pair_column, label_column):
     except csv.Error as e:
         raise DataError(f"{path}:1: {e}") from None
     header = [h.strip() for h in header]
+    known = set(TEXT_NAMES + PAIR_NAMES + LABEL_NAMES)
+    if all(c is None for c in (text_column, pair_column, label_column)) and not known.intersection(header):
+        # Without a header the first example would silently become the column names.
+        shown = ",".join(header)
+        raise DataError(
+            f"{path}:1: the first row ({shown[:60] + '...' if len(shown) > 60 else shown}) names no known column; "
+            f"a CSV starts with a header line such as text,label (text column: {', '.join(TEXT_NAMES[:4])}, ...; "
+            f"label column: {', '.join(LABEL_NAMES[:3])}, ...): add one"
+        )
     text_key = _pick(header, text_column, TEXT_NAMES, path, "text", required=False) or header[0]
     pair_key = _pick(header, pair_column, PAIR_NAMES, path, "pair", required=False)
     label_key = _pick(header, label_column, LABEL_NAMES, path, "label", required=False)
@@ -289,4 +290,9 @@ def _jsonl_rows(path, text_column, pair_column, label_column):
         label = obj.get(label_key) if label_key else None
         if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
             raise DataError(f"{path}:{line_number}: label {label!r} is neither a name nor an integer id")
-        yield line_number, text, (str(obj[pair_key]) if pair_key else None), (str(label) if label is not None else None)
+        pair = str(obj[pair_key]) if pair_key else None
+        label = str(label) if label is not None else None
+        if "\\u" in line:  # only a \ud800-style escape decodes to a lone surrogate
+            for value in (text, pair, label):
+                check_text(value or "", f"{path}:{line_number}")
+        yield line_number, text, pair, label

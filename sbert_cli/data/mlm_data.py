@@ -1,6 +1,6 @@
 """make-mlm-data: raw text -> tokenized, whole-word-masked sequences in memory-mapped shards.
 
-The input is streamed in chunks of lines. A chunk is tokenized at once (flat_encode.py), segmented
+The input is streamed in chunks of lines. A chunk is tokenized at once (model/flat_encode.py), segmented
 into words by one segmenter call, cut into [CLS] ... [SEP] sequences and masked with numpy, all on
 flat arrays: no per-token Python.
 Chunks are cut by the input alone and each gets its own random generator seeded by (seed, chunk
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from sbert_cli.data.flat_encode import FlatEncoder, FlatTokens
+from sbert_cli.model.flat_encode import FlatEncoder, FlatTokens
 from sbert_cli.data.masking import (
     MASK_TOKEN,
     RANDOM_TOKEN,
@@ -40,10 +40,13 @@ from sbert_cli.data.shards import (
 )
 from sbert_cli.data.text_input import TextReader
 from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.limits import DUPE_FACTOR_WHY, MAX_DUPE_FACTOR, check_range, check_seed, usable_cpus
+from sbert_cli.outputs import OutputDir
 from sbert_cli.model.tokenizer import BertTokenizer
 
 CHUNK_LINES = 2048
 CHUNK_CHARS = 1 << 20
+MAX_SHARD_SIZE = 1_000_000  # sequences; about 256 MB of memory at --max-seq-len 128
 SENTENCE_ENDS = ("。", "！", "？", "!", "?", "；", ";", "…")
 CLAUSE_ENDS = ("，", ",", "、", "：", ":", ".", "”", "」", "）", ")")
 
@@ -75,18 +78,22 @@ class MLMDataSettings:
     def __post_init__(self):
         if not 4 <= self.max_seq_len <= 1 << 16:
             raise ConfigError(f"--max-seq-len must be between 4 and 65536, not {self.max_seq_len}")
-        if self.dupe_factor < 1:
-            raise ConfigError(f"--dupe-factor must be at least 1, not {self.dupe_factor}")
+        check_range("--dupe-factor", self.dupe_factor, 1, MAX_DUPE_FACTOR, DUPE_FACTOR_WHY)
+        check_seed(self.seed)
         if self.dupe_factor > 1 and not self.mask:
             raise ConfigError("--dupe-factor makes differently masked copies; with --no-mask, pretrain re-masks each epoch instead")
         if self.shard_size < 1 or self.chunk_lines < 1:
             raise ConfigError("--shard-size (and the chunk size) must be at least 1")
+        check_range("--shard-size", self.shard_size, 1, MAX_SHARD_SIZE, "a shard is gathered in memory before it is written")
         if self.segmenter not in SEGMENTERS:
             raise ConfigError(f"unknown segmenter {self.segmenter!r}; choose one of {', '.join(SEGMENTERS)}")
         if self.user_dict and (self.segmenter == "none" or not self.whole_word):
             raise ConfigError("--user-dict is for the word segmenter of whole-word masking; use --segmenter rjieba or jieba")
         if self.max_predictions is None:
-            self.max_predictions = max(1, round(self.max_seq_len * self.masked_lm_prob))
+            valid = 0 < self.masked_lm_prob < 1  # else masking_config() below says what is wrong
+            self.max_predictions = max(1, round(self.max_seq_len * self.masked_lm_prob)) if valid else 1
+        check_range("--max-predictions", self.max_predictions, 1, self.max_seq_len - 2,
+                    "a sequence has --max-seq-len - 2 tokens besides [CLS] and [SEP]")
         self.masking_config()  # validates the probabilities
 
     def masking_config(self) -> MaskingConfig:
@@ -131,6 +138,7 @@ class MLMDataReport:
     manifest: dict
     seconds: float
     skipped_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. --workers lowered to the usable CPUs
 
     @property
     def counts(self) -> dict[str, int]:
@@ -340,22 +348,40 @@ def _process_in_worker(chunk: Chunk) -> ChunkResult:
 
 
 def process_chunks(chunks: Iterable[Chunk], processor_args: tuple, workers: int) -> Iterator[ChunkResult]:
-    """Results in chunk order; with workers > 1, from a process pool with a bounded number of chunks in flight."""
+    """Results in chunk order. With workers > 1 this process is one of the workers: workers - 1 spawned processes
+    take each chunk while fewer than two wait for each of them, and this process works through the others itself.
+
+    Why not a pool of `workers` processes fed by this one: a spawned process needs about 0.6 s of CPU to import
+    and build its tokenizer and segmenter, during which nothing was processed, and this process's reading and
+    writing then competed with the workers for the same cores; 2 workers ran no faster than 1 (issue 9).
+    """
+    processor = None  # this process's own, built when it first takes a chunk
     if workers <= 1:
         processor = ChunkProcessor(*processor_args)
         for chunk in chunks:
             yield processor(chunk)
         return
+    helpers = workers - 1
     # spawn, not fork: the parent may hold tokenizers' thread pool, which does not survive a fork.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=processor_args) as pool:
-        pending: deque = deque()
+    with context.Pool(helpers, initializer=_init_worker, initargs=processor_args) as pool:
+        pending: deque = deque()  # in chunk order: a ChunkResult done here, or a helper's AsyncResult
         for chunk in chunks:
-            pending.append(pool.apply_async(_process_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+            waiting = sum(1 for p in pending if not isinstance(p, ChunkResult) and not p.ready())
+            if waiting < 2 * helpers:
+                pending.append(pool.apply_async(_process_in_worker, (chunk,)))
+            else:
+                processor = processor or ChunkProcessor(*processor_args)
+                pending.append(processor(chunk))
+            # Results leave in order as soon as they can; a bounded backlog waits for the oldest (memory).
+            while pending and (isinstance(pending[0], ChunkResult) or pending[0].ready() or len(pending) >= 8 * workers):
+                yield _chunk_result(pending.popleft())
         while pending:
-            yield pending.popleft().get()
+            yield _chunk_result(pending.popleft())
+
+
+def _chunk_result(item) -> ChunkResult:
+    return item if isinstance(item, ChunkResult) else item.get()
 
 
 def resolve_tokenizer(model: str | None = None, vocab: str | Path | None = None) -> BertTokenizer:
@@ -400,6 +426,11 @@ def make_mlm_data(
     settings = settings or MLMDataSettings()
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    notes = []
+    if workers > usable_cpus():
+        # Each worker is a process with its own tokenizer and segmenter: more than the CPUs only costs memory.
+        notes.append(f"--workers {workers}: this process may use {usable_cpus()} CPUs, so {usable_cpus()} workers run")
+        workers = usable_cpus()
     reader = TextReader(
         [Path(p) for p in inputs],
         format=settings.format,
@@ -410,7 +441,7 @@ def make_mlm_data(
     if settings.user_dict:
         read_user_dict(settings.user_dict)  # fail before any work on a bad dictionary
     out = Path(out)
-    created = prepare_output_dir(out, force)
+    outputs = prepare_output_dir(out, force, reads=tuple(reader.paths))
     dtypes = array_dtypes(max(tokenizer.ids_to_tokens) + 1, settings.max_seq_len)  # ids, not tokens: vocab.txt may repeat one
     writer = ShardWriter(out, dtypes, settings.mask, settings.shard_size)
     totals = dict.fromkeys(("lines",) + COUNT_NAMES, 0)
@@ -433,7 +464,8 @@ def make_mlm_data(
                 + (f" ({skipped} lines skipped, e.g. {reader.stats.skipped_examples[0]})" if skipped else "")
             )
     except BaseException:
-        _remove_partial_output(out, writer, created)
+        _remove_partial_output(out, writer, outputs.created)
+        outputs.release()
         raise
     seconds = time.perf_counter() - started
 
@@ -460,7 +492,8 @@ def make_mlm_data(
         "shards": writer.shards,
     }
     write_manifest(out, manifest)
-    return MLMDataReport(out, manifest, seconds, list(stats.skipped_examples))
+    outputs.release()
+    return MLMDataReport(out, manifest, seconds, list(stats.skipped_examples), notes)
 
 
 def _remove_partial_output(out: Path, writer: ShardWriter, created: bool) -> None:
@@ -469,4 +502,4 @@ def _remove_partial_output(out: Path, writer: ShardWriter, created: bool) -> Non
         shutil.rmtree(out, ignore_errors=True)
         return
     for shard in writer.shards:
-        shutil.rmtree(out / shard["name"], ignore_errors=True)
+        OutputDir(out).remove(shard["name"])

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.limits import is_int, is_number
+from sbert_cli.outputs import OutputDir
 from sbert_cli.model.tokenizer import BertTokenizer
 
 MANIFEST = "manifest.json"
@@ -60,22 +61,18 @@ class MLMExample:
     word_ids: np.ndarray | None  # int32 per token: whole-word group id, -1 for [CLS]/[SEP]; --no-mask data only
 
 
-def prepare_output_dir(out: Path, force: bool) -> bool:
-    """Make `out` ready for writing; returns whether it was created. Refuses a non-empty dir unless force."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise ConfigError(f"{out}: directory exists and is not empty; pass --force to overwrite or choose another --out")
-        # Remove only what an earlier make-mlm-data run wrote; other files stay.
-        (out / MANIFEST).unlink(missing_ok=True)
-        for child in out.iterdir():
-            if child.is_dir() and child.name.startswith(SHARD_PREFIX) and child.name[len(SHARD_PREFIX):].isdigit():
-                shutil.rmtree(child)
-        return False
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    return created
+def prepare_output_dir(out: Path, force: bool, reads: tuple = ()) -> OutputDir:
+    """Make `out` ready for writing and lock it (see outputs.py); `.created` says whether it was created.
+    Refuses a non-empty dir unless force; forced, removes only what an earlier make-mlm-data run wrote."""
+    outputs = OutputDir(out)
+    earlier = [MANIFEST] + [p.name for p in out.glob(f"{SHARD_PREFIX}*")] if out.is_dir() else []
+    outputs.check(force, will_write=earlier, reads=reads,
+                  not_empty="directory exists and is not empty; pass --force to overwrite or choose another --out")
+    outputs.created = not out.exists()
+    outputs.acquire()
+    if force:
+        outputs.clear()
+    return outputs
 
 
 class ShardWriter:
@@ -124,6 +121,7 @@ class ShardWriter:
             arrays["masked_offsets"] = _offsets(np.concatenate(self._masked_counts))
         for key, array in arrays.items():
             np.save(shard_dir / f"{key}.npy", array, allow_pickle=False)
+        OutputDir(self.out).record(name)
         self.shards.append({
             "name": name,
             "sequences": self._sequences,
@@ -144,6 +142,58 @@ def write_manifest(out: Path, manifest: dict) -> None:
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
+    OutputDir(out).record(MANIFEST)
+
+
+def _is_probability(value) -> bool:
+    return is_number(value) and 0 <= value <= 1
+
+
+# manifest.json's settings that readers use (pretrain --dynamic-masking, eval of --no-mask data), with their checks.
+SETTING_CHECKS = {
+    "masked_lm_prob": (lambda v: _is_probability(v) and 0 < v < 1, "a number between 0 and 1"),
+    "max_predictions": (lambda v: v is None or (is_int(v) and v >= 1), "a positive integer"),
+    "mask_token_prob": (_is_probability, "a number between 0 and 1"),
+    "random_token_prob": (_is_probability, "a number between 0 and 1"),
+    "whole_word": (lambda v: isinstance(v, bool), "true or false"),
+    "dupe_factor": (lambda v: is_int(v) and v >= 1, "a positive integer"),
+}
+
+
+def _check_manifest(manifest: dict, path: Path) -> list[dict]:
+    """Types and ranges of manifest.json's fields; the shard entries, each naming a folder inside the data dir."""
+
+    def fail(field: str, expected: str, value) -> DataError:
+        return DataError(f"{path}: {field} must be {expected}, not {value!r}; remake the data with make-mlm-data")
+
+    checks = {
+        "masked": (lambda v: isinstance(v, bool), "true or false"),
+        "max_seq_len": (lambda v: is_int(v) and 4 <= v <= 1 << 16, "an integer between 4 and 65536"),
+        "vocab_size": (lambda v: v is None or (is_int(v) and v >= 1), "a positive integer"),
+        "vocab_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256 hex digest"),
+        "shards": (lambda v: isinstance(v, list), "a list of shard entries"),
+    }
+    for field, (check, expected) in checks.items():
+        if not check(manifest.get(field)):
+            raise fail(field, expected, manifest.get(field))
+    if "settings" in manifest and not isinstance(manifest["settings"], dict):
+        raise fail("settings", "an object", manifest["settings"])
+    settings = manifest.get("settings") or {}
+    for field, (check, expected) in SETTING_CHECKS.items():
+        if field in settings and not check(settings[field]):
+            raise fail(f"settings.{field}", expected, settings[field])
+    if settings.get("mask_token_prob", 0) + settings.get("random_token_prob", 0) > 1:
+        raise fail("settings.mask_token_prob + random_token_prob", "at most 1", "their sum")
+    for i, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict):
+            raise fail(f"shards[{i}]", "an object with name and sequences", entry)
+        name = entry.get("name")
+        # A plain folder name: `../x`, `/abs/x` or `a/b` would read data from outside the data dir.
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise fail(f"shards[{i}].name", "the name of a folder inside the data dir, such as shard-00000", name)
+        if not is_int(entry.get("sequences")) or entry["sequences"] < 0:
+            raise fail(f"shards[{i}].sequences", "a count of sequences", entry.get("sequences"))
+    return manifest["shards"]
 
 
 class MLMShards:
@@ -167,20 +217,20 @@ class MLMShards:
                 f"{manifest_path}: format version {self.manifest.get('format_version')}, this sbert reads "
                 f"{FORMAT_VERSION}; remake the data with this sbert's make-mlm-data"
             )
-        try:
-            self.masked = bool(self.manifest["masked"])
-            self.max_seq_len = int(self.manifest["max_seq_len"])
-            self.vocab_sha256 = str(self.manifest["vocab_sha256"])
-            shard_entries = self.manifest["shards"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{manifest_path}: missing or invalid field {e}") from None
+        shard_entries = _check_manifest(self.manifest, manifest_path)
+        self.masked = self.manifest["masked"]
+        self.max_seq_len = self.manifest["max_seq_len"]
+        self.vocab_sha256 = self.manifest["vocab_sha256"]
+        self.vocab_size: int | None = self.manifest.get("vocab_size")
+        self.settings: dict = self.manifest.get("settings") or {}
+        self.max_token_id = -1  # the largest token id in the data: a model's vocab must be larger
         names = MASKED_ARRAYS if self.masked else UNMASKED_ARRAYS
         self._shards = [self._open_shard(entry, names) for entry in shard_entries]
         counts = [len(shard["offsets"]) - 1 for shard in self._shards]
         self._ends = np.cumsum(counts, dtype=np.int64)
 
     def _open_shard(self, entry: dict, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        shard_dir = self.path / str(entry.get("name", ""))
+        shard_dir = self.path / entry["name"]
         arrays = {}
         for name in names:
             file = shard_dir / f"{name}.npy"
@@ -190,6 +240,10 @@ class MLMShards:
                 raise DataError(f"{file}: missing; the data dir is incomplete, remake it with make-mlm-data") from None
             except ValueError as e:
                 raise DataError(f"{file}: corrupt ({e}); remake the data with make-mlm-data") from None
+            if arrays[name].ndim != 1 or arrays[name].dtype.kind not in "iu":
+                raise DataError(f"{file}: {arrays[name].dtype} array of shape {arrays[name].shape}, expected a flat "
+                                "array of integers; remake the data with make-mlm-data")
+        self._check_values(shard_dir, arrays)
         n = len(arrays["offsets"]) - 1
         consistent = (
             n == entry.get("sequences")
@@ -203,6 +257,37 @@ class MLMShards:
         if not consistent:
             raise DataError(f"{shard_dir}: arrays do not match each other or the manifest; remake the data")
         return arrays
+
+    def _check_values(self, shard_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+        """Offsets that rise, token ids inside the vocab, predictions inside their sequence: one pass over each
+        array (min/max), so a damaged shard is an error naming the file, not an IndexError mid-training."""
+
+        def fail(name: str, problem: str) -> DataError:
+            return DataError(f"{shard_dir / name}.npy: {problem}; remake the data with make-mlm-data")
+
+        offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        lengths = np.diff(offsets)
+        if len(offsets) == 0 or offsets[0] != 0 or (len(lengths) and not 2 <= lengths.min() <= lengths.max() <= self.max_seq_len):
+            raise fail("offsets", f"must start at 0 and rise by 2 to {self.max_seq_len} (max_seq_len) per sequence")
+        for name in ("input_ids", "masked_labels"):
+            if name not in arrays or not len(arrays[name]):
+                continue
+            low, high = int(arrays[name].min()), int(arrays[name].max())
+            if low < 0 or (self.vocab_size is not None and high >= self.vocab_size):
+                raise fail(name, f"token ids from {low} to {high}, outside the vocab of {self.vocab_size} tokens")
+            self.max_token_id = max(self.max_token_id, high)
+        if "word_ids" in arrays and len(arrays["word_ids"]) and not -1 <= arrays["word_ids"].min() <= arrays["word_ids"].max() < self.max_seq_len:
+            raise fail("word_ids", f"word ids from {arrays['word_ids'].min()} to {arrays['word_ids'].max()}; "
+                                   f"they run from 0 to max_seq_len - 1 ({self.max_seq_len - 1}), -1 for [CLS] and [SEP]")
+        if "masked_offsets" in arrays:
+            masked_offsets = np.asarray(arrays["masked_offsets"], dtype=np.int64)
+            counts = np.diff(masked_offsets)
+            if len(masked_offsets) != len(offsets) or masked_offsets[0] != 0 or (len(counts) and counts.min() < 0) \
+                    or masked_offsets[-1] != len(arrays["masked_positions"]):
+                raise fail("masked_offsets", "must start at 0, never decrease, and end at the number of predictions")
+            positions = np.asarray(arrays["masked_positions"], dtype=np.int64)
+            if len(positions) and (positions.min() < 0 or (positions >= np.repeat(lengths, counts)).any()):
+                raise fail("masked_positions", "a masked position lies outside its sequence")
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0

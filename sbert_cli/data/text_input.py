@@ -11,7 +11,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, TextIO
 
 from sbert_cli.errors import ConfigError, DataError
 
@@ -247,13 +247,75 @@ class TextReader:
         if not text.strip():
             self._bad_line(path, line_number, "empty", f"empty {text_field!r} field")
             return None
-        if "\\u" in line:  # a \ud800-style escape decodes to a lone surrogate, which no tokenizer accepts
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                self._bad_line(path, line_number, "encoding", "a \\u escape encodes half a character (lone surrogate)")
-                return None
+        problem = text_problem(text) if "\\u" in line else None  # only a \ud800-style escape decodes to a surrogate
+        if problem:
+            self._bad_line(path, line_number, "encoding", problem)
+            return None
         return text
+
+
+# The one way a line of text is decoded and checked, for every reader of text that is not make-mlm-data's
+# TextReader (which may skip bad lines): classification files, fill-mask and predict input, stdin, arguments.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def decode_line(raw: bytes, where: str) -> str:
+    """A line's bytes (line end removed) as text; DataError naming `where` on invalid UTF-8 or a NUL byte."""
+    if b"\x00" in raw:
+        raise DataError(f"{where}: contains NUL bytes; is this a text file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        reason = _describe_decode_error(raw, e).replace("invalid UTF-8", "not valid UTF-8", 1)
+        advice = "" if "iconv" in reason else "; convert it to UTF-8"
+        raise DataError(f"{where}: {reason}{advice}") from None
+
+
+def read_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without its line end) of a binary stream; a BOM on line 1 is dropped, CRLF
+    accepted, and a bad line is a DataError naming `name:line`."""
+    for line_number, raw in enumerate(stream, 1):
+        if line_number == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]
+        yield line_number, decode_line(raw.rstrip(b"\r\n"), f"{name}:{line_number}")
+
+
+def read_stdin_lines(stdin: TextIO) -> Iterator[tuple[int, str]]:
+    """read_lines for stdin: from its bytes when it has them, so invalid UTF-8 piped in reads as it does in a file."""
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is not None:
+        yield from read_lines(buffer, "<stdin>")
+        return
+    for line_number, line in enumerate(stdin, 1):
+        yield line_number, check_text(line.rstrip("\r\n"), f"<stdin>:{line_number}")
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` is not text a tokenizer takes, or None: a lone surrogate (half a UTF-16 pair, from a JSON
+    `\\ud800` escape), or bytes that were not UTF-8 (Python keeps those as surrogates in command-line arguments)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        code = next(ord(c) for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+        return f"a \\u escape encodes half a character (lone surrogate U+{code:04X})"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _describe_decode_error(raw, e).replace("invalid UTF-8", "not valid UTF-8", 1)
+    return "holds a lone surrogate"
+
+
+def check_text(text: str, where: str) -> str:
+    """`text` unchanged, or a DataError naming `where` when text_problem finds one."""
+    problem = text_problem(text)
+    if problem:
+        raise DataError(f"{where}: {problem}; fix the text")
+    return text
 
 
 def _describe_decode_error(raw: bytes, error: UnicodeDecodeError) -> str:

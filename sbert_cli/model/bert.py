@@ -178,8 +178,19 @@ class BertForSequenceClassification(nn.Module):
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """Logits (B, num_labels)."""
-        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        """Logits (B, num_labels), from the text vector that config.classifier_pooling names."""
+        pooling = self.config.classifier_pooling
+        if pooling == "pooler":  # transformers' BertForSequenceClassification
+            _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        else:
+            x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+            if pooling == "cls":
+                pooled = x[:, 0]
+            elif attention_mask is None:
+                pooled = x.mean(dim=1)
+            else:  # the mean over real tokens, as sentence-embedding models (m3e, SBERT) were trained
+                weights = attention_mask.to(x.dtype)[..., None]  # (B, T, 1)
+                pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.classifier(self.dropout(pooled))
 
 

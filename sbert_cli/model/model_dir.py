@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sbert_cli.errors import ModelLoadError, WeightMismatchError
+from sbert_cli.limits import is_int
 from sbert_cli.model.bert import (
     BertForMaskedLM,
     BertForSequenceClassification,
@@ -70,6 +71,11 @@ def resolve_model_dir(model: str | Path) -> Path:
         return path
     if path.exists():
         raise ModelLoadError(f"{path}: is a file; --model takes a model folder (config.json, weights, vocab.txt)")
+    owner = str(model).split("/")[0]
+    if is_repo_id(str(model)) and "/" in str(model) and Path(owner).is_dir():
+        raise ModelLoadError(
+            f"{path}: no such model folder (and not a hub repo id: {owner}/ is a local folder); check the folder name"
+        )
     if is_repo_id(str(model)):
         from sbert_cli.model.hub import fetch_model
 
@@ -91,13 +97,13 @@ def read_checkpoint(model: str | Path) -> Checkpoint:
     """Read a model dir (sbert or HF format, or a repo id) and map its tensors onto our names."""
     path = resolve_model_dir(model)
     config = BertConfig.from_json(path / "config.json")
-    state = read_state_dict(find_weights(path))
     meta_path = path / SBERT_META
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_meta(meta_path) if meta_path.is_file() else None
+    _check_vocab_size(path / "vocab.txt", config)
+    weights = find_weights(path)
+    state = read_state_dict(weights)
+    _check_finite(state, weights)
+    if meta is not None:
         report = _check_sbert_state(state, expected_shapes(config), path)
         return Checkpoint(path, config, state, report, "sbert", meta)
     try:
@@ -105,6 +111,57 @@ def read_checkpoint(model: str | Path) -> Checkpoint:
     except WeightMismatchError as e:
         raise WeightMismatchError(f"{path}: {e}") from None
     return Checkpoint(path, config, state, report, "hf")
+
+
+def read_meta(path: Path) -> dict:
+    """sbert.json, its fields checked: format, task, heads, max_seq_len, source."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, found {type(meta).__name__}; convert the model again")
+    problem = None
+    version, task, heads, max_seq_len = (meta.get(k) for k in ("format", "task", "heads", "max_seq_len"))
+    if version is not None and (not is_int(version) or version > FORMAT_VERSION):
+        problem = f"format {version!r}: this sbert reads format {FORMAT_VERSION} model dirs; upgrade sbert"
+    elif task is not None and not isinstance(task, str):
+        problem = f"task must be a name such as \"mlm\" or \"cls\", not {task!r}"
+    elif heads is not None and not (isinstance(heads, list) and all(isinstance(h, str) for h in heads)):
+        problem = f"heads must be a list of names such as [\"mlm\"], not {heads!r}"
+    elif max_seq_len is not None and (not is_int(max_seq_len) or max_seq_len < 2):
+        problem = f"max_seq_len must be an integer of at least 2, not {max_seq_len!r}"
+    elif meta.get("source") is not None and not isinstance(meta["source"], str):
+        problem = f"source must be a string, not {meta['source']!r}"
+    if problem:
+        raise ModelLoadError(f"{path}: {problem}")
+    return meta
+
+
+def _check_vocab_size(vocab_path: Path, config: BertConfig) -> None:
+    """vocab.txt must list exactly config.json's vocab_size tokens: an id past either end is an IndexError or a
+    token the model can never predict."""
+    if not vocab_path.is_file():
+        return  # load_tokenizer says what is missing, where a tokenizer is needed
+    from sbert_cli.model.tokenizer import read_vocab
+
+    tokens = len(read_vocab(vocab_path))
+    if tokens != config.vocab_size:
+        raise ModelLoadError(
+            f"{vocab_path}: {tokens:,} tokens, but config.json's vocab_size is {config.vocab_size:,}; "
+            "use the vocab.txt these weights were trained with"
+        )
+
+
+def _check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
+    """NaN or infinite weights (a diverged run, a corrupt file) make every output NaN: refuse them by name."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelLoadError(
+                f"{weights}: tensor {name} holds {bad:,} NaN or infinite values; the checkpoint is broken "
+                "(a diverged training run?): use an earlier checkpoint or download it again"
+            )
 
 
 def _check_sbert_state(state, shapes, path: Path) -> ConversionReport:
@@ -168,8 +225,9 @@ def load_for_task(
     head_missing = [k for k in initialized if not k.startswith(("pooler.", "bert.pooler."))]
     if head_missing and not allow_new_head:
         what = {"mlm": "masked-LM head (cls.predictions.*)", "cls": "classification head"}.get(task, "head")
+        trainer = {"mlm": "sbert pretrain --model ...", "cls": "sbert train-cls --model ..."}.get(task, "sbert pretrain")
         raise ModelLoadError(
-            f"{ck.path}: has no {what}; it cannot predict with it. Train one (sbert pretrain / sbert train-cls) "
+            f"{ck.path}: has no {what}; it cannot predict with it. Train one ({trainer}) "
             "or use a checkpoint that ships it"
         )
     net.load_state_dict(state, strict=False)
@@ -209,19 +267,8 @@ def save_model_dir(
     source: str | None = None,
     extra_meta: dict | None = None,
 ) -> Path:
-    """Write an sbert model dir atomically (see write_model_files), with sbert.json."""
-    from sbert_cli import __version__
-
-    heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
-    meta = {
-        "format": FORMAT_VERSION,
-        "sbert_version": __version__,
-        "task": task,
-        "heads": heads,
-        "source": source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(extra_meta or {}),
-    }
+    """Write an sbert model dir (see write_model_files), with sbert.json."""
+    meta = model_meta(task, state, source, extra_meta)
     return write_model_files(out_dir, config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})
 
 
@@ -235,63 +282,85 @@ def write_model_files(
 ) -> Path:
     """config.json, model.safetensors, vocab.txt, tokenizer_config.json (and extra JSON files) into out_dir.
 
-    Written into a temporary sibling, then renamed into place, so out_dir is never half-written; the one
-    writer behind sbert model dirs and `convert-weights --to hf` exports.
+    Written into a temporary sibling first, then moved into place: a new out_dir appears whole; into an
+    existing one the files move one rename each, replacing only files sbert wrote there before (see
+    outputs.py), so a user's other files stay. The one writer behind model dirs and HF exports.
     """
-    from safetensors.torch import save_file
+    from sbert_cli.outputs import OutputDir
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        json_files = {
-            "config.json": config_json,
-            "tokenizer_config.json": {
-                "tokenizer_class": "BertTokenizer",
-                "do_lower_case": tokenizer.do_lower_case,
-                **(tokenizer_config or {}),
-            },
-            **(extra_json or {}),
-        }
-        for name, content in json_files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
-            shutil.copyfile(tokenizer.vocab_path, tmp / "vocab.txt")
+        write_model_folder(tmp, config_json, tensors, tokenizer, tokenizer_config, extra_json)
+        if out_dir.exists():
+            OutputDir(out_dir).install(tmp)
         else:
-            ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
-            (tmp / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
-        replace_dir(tmp, out_dir)
+            os.replace(tmp, out_dir)
+            OutputDir(out_dir).record(*out_dir.iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something above failed
     return out_dir
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing an existing `target` with as short a window as two renames allow."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
+def write_model_folder(
+    folder: Path,
+    config_json: dict,
+    tensors: dict[str, torch.Tensor],
+    tokenizer: BertTokenizer,
+    tokenizer_config: dict | None = None,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
+    """Write the files of a model dir into `folder`, a new folder (no temp dir, no replacing: callers place it)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    json_files = {
+        "config.json": config_json,
+        "tokenizer_config.json": {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": tokenizer.do_lower_case,
+            **(tokenizer_config or {}),
+        },
+        **(extra_json or {}),
+    }
+    for name, content in json_files.items():
+        (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
+        shutil.copyfile(tokenizer.vocab_path, folder / "vocab.txt")
     else:
-        os.replace(new, target)
+        ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
+    return folder
 
 
-def remove_outputs(folder: Path, names) -> None:
-    """Delete the named files or folders of an earlier run in `folder` (what --force replaces), nothing else."""
-    for name in names:
-        target = Path(folder) / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+def model_meta(task: str, state: dict, source: str | None, extra_meta: dict | None = None) -> dict:
+    """sbert.json's content for a model dir."""
+    from sbert_cli import __version__
+
+    heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
+    return {
+        "format": FORMAT_VERSION,
+        "sbert_version": __version__,
+        "task": task,
+        "heads": heads,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_meta or {}),
+    }
 
 
 def save_model(model: nn.Module, out_dir: str | Path, tokenizer: BertTokenizer, task: str, **kwargs) -> Path:
     """save_model_dir for a live model."""
     return save_model_dir(out_dir, model.config, full_state_dict(model), tokenizer, task, **kwargs)
+
+
+def write_model_folder_of(model: nn.Module, folder: Path, tokenizer: BertTokenizer, task: str, source: str | None = None,
+                          extra_meta: dict | None = None) -> Path:
+    """write_model_folder for a live model, with sbert.json (training's checkpoints and best/last)."""
+    state = full_state_dict(model)
+    meta = model_meta(task, state, source, extra_meta)
+    return write_model_folder(folder, model.config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})

@@ -19,15 +19,11 @@ from sbert_cli.data.classification import (
     read_label_names,
 )
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.train.loop import (
-    Batch,
-    DistributedEnv,
-    Task,
-    TrainConfig,
-    TrainResult,
-    check_run_dir,
-    train,
-)
+from sbert_cli.model.config import CLASSIFIER_POOLINGS
+from sbert_cli.tasks.lr_rule import with_chosen_lr
+from sbert_cli.train.distributed import DistributedEnv
+from sbert_cli.train.loop import Batch, Callbacks, Task, TrainConfig, TrainResult, train
+from sbert_cli.train.state import check_run_dir, kept_model_dir
 
 if TYPE_CHECKING:
     from sbert_cli.tasks.evaluate import ClassificationEvaluation
@@ -49,7 +45,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from sbert_cli.data.flat_encode import FlatEncoder
     from sbert_cli.model.tokenizer import BertTokenizer
 
 METRICS = ("accuracy", "macro_f1")
@@ -68,6 +63,7 @@ class ClassifierOptions:
     vocab: Path | None = None  # with config_name: the vocab (default: the bundled Chinese vocab)
     max_seq_len: int = 128
     metric: str = "accuracy"
+    pooling: str | None = None  # pooler|cls|mean; None: the model's own (config.json classifier_pooling, else pooler)
 
 
 @dataclass
@@ -96,6 +92,9 @@ def resolve_files(options: ClassifierOptions) -> tuple[Path, Path | None, Path |
 
     def pick(given: Path | None, name: str) -> Path | None:
         if given is not None:
+            if Path(given).is_dir():
+                raise DataError(f"{given}: is a folder; give a file (TSV, CSV or JSONL), or a folder holding {name} "
+                                "as --data-dir")
             if not Path(given).is_file():
                 raise DataError(f"{given}: no such file")
             return Path(given)
@@ -131,9 +130,7 @@ def read_splits(options: ClassifierOptions) -> dict[str, ClassificationData]:
 
 
 def encode_split(data: ClassificationData, tokenizer, max_seq_len: int) -> EncodedSplit:
-    encodings = tokenizer.encode_batch(data.texts, pairs=data.pairs, max_length=max_seq_len)
-    input_ids = [e.ids for e in encodings]
-    token_type_ids = [e.type_ids for e in encodings] if data.pairs is not None else None
+    input_ids, token_type_ids = tokenizer.encode_with_types(data.texts, data.pairs, max_seq_len)
     return EncodedSplit(data, input_ids, token_type_ids, np.array([len(ids) for ids in input_ids], dtype=np.int64))
 
 
@@ -226,11 +223,18 @@ def build_classifier(options: ClassifierOptions, label_names: list[str], seed: i
     if options.config_name is not None:
         tokenizer = BertTokenizer.from_vocab(options.vocab or CHINESE_VOCAB)
         config = preset(options.config_name, vocab_size=len(tokenizer)).with_labels(label_names)
-        model = build_model(config, "cls")
-        return model, tokenizer, ["all parameters (--config)"]
-    model_dir = resolve_model_dir(options.model)
-    loaded = load_for_task(model_dir, "cls", labels=label_names, allow_new_head=True)
-    return loaded.model, load_tokenizer(model_dir), loaded.initialized
+        model, fresh = build_model(config, "cls"), ["all parameters (--config)"]
+    else:
+        model_dir = resolve_model_dir(options.model)
+        loaded = load_for_task(model_dir, "cls", labels=label_names, allow_new_head=True)
+        model, tokenizer, fresh = loaded.model, load_tokenizer(model_dir), loaded.initialized
+    if options.pooling is not None:
+        model.config.classifier_pooling = options.pooling  # saved in config.json, so the model reloads the same
+    if model.config.classifier_pooling != "pooler":
+        # Unused: frozen, so no optimizer or DDP waits for its gradient; a missing one is not a new head.
+        model.bert.pooler.requires_grad_(False)
+        fresh = [name for name in fresh if not name.startswith("bert.pooler.")]
+    return model, tokenizer, fresh
 
 
 def validate_options(options: ClassifierOptions) -> None:
@@ -240,37 +244,43 @@ def validate_options(options: ClassifierOptions) -> None:
         raise ConfigError(f"--max-seq-len must be at least 2 (for [CLS] and [SEP]), got {options.max_seq_len}")
     if options.config_name is None and options.vocab is not None:
         raise ConfigError("--vocab goes with --config (a fresh model); a --model brings its own vocab.txt")
+    if options.pooling is not None and options.pooling not in CLASSIFIER_POOLINGS:
+        raise ConfigError(f"--pooling {options.pooling!r}: use one of {', '.join(CLASSIFIER_POOLINGS)}")
 
 
-def train_classifier(options: ClassifierOptions, config: TrainConfig, console=None, on_micro_batch=None) -> ClassifierResult:
+def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks: Callbacks | None = None, on_micro_batch=None) -> ClassifierResult:
     """Read the splits, build the model, train on the generic loop, and report dev (and test) on the kept model."""
     validate_options(options)
     config.validate()
-    check_run_dir(Path(config.out_dir), config.resume, config.force)
+    reads = (options.model,) if options.config_name is None and options.model and Path(options.model).is_dir() else ()
+    check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
     splits = read_splits(options)
     label_names = splits["train"].label_names
     model, tokenizer, new_head = build_classifier(options, label_names, config.seed)
+    config, lr_choice = with_chosen_lr(config, "cls", model.config.hidden_size, options.config_name is not None, new_head)
     max_positions = model.config.max_position_embeddings
     if options.max_seq_len > max_positions:
         raise ConfigError(f"--max-seq-len {options.max_seq_len} exceeds the model's {max_positions} positions")
     encoded = {name: encode_split(data, tokenizer, options.max_seq_len) for name, data in splits.items()}
     task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len)
     env = DistributedEnv.from_env()
-    if console is not None and env.is_main:
+    if callbacks is not None and env.is_main:
         sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
-        console.print(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
+        callbacks.message(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
         if new_head and options.config_name is None:
-            console.print(f"[yellow]note:[/] new classification head, initialised fresh: {', '.join(new_head)}")
+            callbacks.message(f"note: new classification head, initialised fresh: {', '.join(new_head)}")
+        callbacks.message(lr_choice.describe())
     run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,
                 "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,
-                "max_seq_len": options.max_seq_len, "metric": options.metric}
-    result = train(model, task, config, console=console, run_info=run_info, on_micro_batch=on_micro_batch)
+                "max_seq_len": options.max_seq_len, "metric": options.metric, "pooling": model.config.classifier_pooling,
+                "lr_choice": lr_choice.to_json()}
+    result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch, reads=reads)
     out = ClassifierResult(result, label_names, None, new_head=new_head)
     if not env.is_main or result.interrupted:
         return out
     from sbert_cli.tasks.evaluate import evaluate
 
-    out.model_dir = Path(config.out_dir) / ("best" if (Path(config.out_dir) / "best").is_dir() else "last")
+    out.model_dir = kept_model_dir(config.out_dir)
     for name in ("dev", "test"):
         if name in splits:
             out.reports[name] = evaluate(
@@ -296,7 +306,6 @@ class Classifier:
     batch_size: int
     max_length: int
     runtime: Runtime
-    encoder: "FlatEncoder"
 
     def probabilities(
         self, texts: list[str], pairs: list[str] | None = None, progress: ProgressCallback | None = None
@@ -306,13 +315,13 @@ class Classifier:
         import torch
 
         from sbert_cli.data.batching import length_sorted_batches, pad_batch
-        from sbert_cli.model.precision import autocast
+        from sbert_cli.model.precision import inference_autocast
 
         start = time.perf_counter()
         sequences, type_ids = self._encode(texts, pairs)
         lengths = [len(ids) for ids in sequences]
         order, outputs = [], []
-        with torch.inference_mode(), autocast(self.precision, self.device):
+        with torch.inference_mode(), inference_autocast(self.precision, self.device):
             for batch in length_sorted_batches(lengths, self.batch_size):
                 input_ids, attention_mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_id)
                 token_type_ids = None
@@ -331,19 +340,8 @@ class Classifier:
         return probabilities
 
     def _encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list, list | None]:
-        """Token ids with [CLS]/[SEP] (and token type ids for pairs), truncated to max_length."""
-        import numpy as np
-
-        if pairs is not None:
-            encodings = self.tokenizer.encode_batch(texts, pairs, max_length=self.max_length)
-            return [e.ids for e in encodings], [e.type_ids for e in encodings]
-        # Single texts take the flat encoder: the same ids as the tokenizer, several times faster on Chinese.
-        flat = self.encoder.encode(texts)
-        starts = np.zeros(len(texts), dtype=np.int64)
-        np.cumsum(flat.token_counts[:-1], out=starts[1:])
-        kept = np.minimum(flat.token_counts, self.max_length - 2)
-        cls, sep = [self.tokenizer.cls_id], [self.tokenizer.sep_id]
-        return [np.concatenate((cls, flat.ids[a : a + n], sep)) for a, n in zip(starts, kept)], None
+        """Token ids with [CLS]/[SEP] (and token type ids for pairs), truncated to max_length: as in training."""
+        return self.tokenizer.encode_with_types(texts, pairs, self.max_length)
 
 
 def load_classifier(
@@ -355,11 +353,11 @@ def load_classifier(
     max_length: int | None = None,
 ) -> Classifier:
     """Load a model dir (sbert or HF, with a classification head) for inference."""
-    from sbert_cli.data.flat_encode import FlatEncoder
     from sbert_cli.model.model_dir import load_for_task, load_tokenizer
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
+
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     loaded = load_for_task(model, "cls")
     net = loaded.model
     tokenizer = load_tokenizer(loaded.checkpoint.path)
@@ -376,7 +374,6 @@ def load_classifier(
         batch_size=batch_size,
         max_length=max_length or default_max_length(net, loaded.checkpoint.meta),
         runtime=Runtime(str(torch_device), resolved, batch_size),
-        encoder=FlatEncoder(tokenizer),
     )
 
 
@@ -448,9 +445,12 @@ def read_inputs(texts: list[str], file: str | Path | None = None, stdin: TextIO 
     if texts and file is not None:
         raise ConfigError("give texts as arguments or with --file, not both")
     if texts:
+        from sbert_cli.data.text_input import check_text
+
         for i, text in enumerate(texts, 1):
             if not text.strip():
                 raise DataError(f"argument {i}: empty text; give a non-empty text to classify")
+            check_text(text, f"argument {i}")  # bytes that were not UTF-8 reach Python as lone surrogates
         return Inputs(iter([TextInput(text, f"argument {i}") for i, text in enumerate(texts, 1)]), len(texts))
     if file is None or str(file) == "-":
         stdin = stdin if stdin is not None else sys.stdin
@@ -465,9 +465,10 @@ def read_inputs(texts: list[str], file: str | Path | None = None, stdin: TextIO 
 
 def _stdin_lines(stream: TextIO) -> Iterator[TextInput]:
     """One text per line; blank lines are skipped, as the file readers skip them."""
+    from sbert_cli.data.text_input import read_stdin_lines
+
     seen = False
-    for line_number, line in enumerate(stream, 1):
-        text = line.rstrip("\r\n")
+    for line_number, text in read_stdin_lines(stream):
         if text.strip():
             seen = True
             yield TextInput(text, f"<stdin>:{line_number}")

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
 from sbert_cli.tasks.classification import (
@@ -24,13 +24,12 @@ from sbert_cli.tasks.classification import (
     load_classifier,
     prepare_inference,
 )
+from sbert_cli.tasks.mlm import EVAL_MASKING_SEED
 
 TASKS = ("cls", "mlm")
-METRICS_FILE = "metrics.json"
+REPORT_FILE = "metrics.json"  # an eval report; a run's training log is metrics.jsonl (plots.METRICS_FILE)
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISCLASSIFIED_FILE = "misclassified.tsv"
-TOP_K = 5
-DEFAULT_MASKING_SEED = 12345  # make-mlm-data's default, so raw-text figures match its output's
 
 
 @dataclass
@@ -287,21 +286,23 @@ def write_metrics(result: ClassificationEvaluation | MLMEvaluation, path: Path) 
     return path
 
 
-def default_out_dir(data: str | Path) -> Path:
-    """eval-<data name> in the current directory."""
+def default_out_dir(model: str | Path, data: str | Path) -> Path | None:
+    """Where a report goes when no folder is asked for: RUN/eval-<data name> when the model is a run's best/ or
+    last/ (a run dir holds run.json), else nowhere (the report is only printed)."""
+    run_dir = Path(model).expanduser().parent
+    if not (Path(model).expanduser().is_dir() and (run_dir / "run.json").is_file()):
+        return None
     data = Path(data)
-    return Path(f"eval-{data.stem if data.is_file() else data.name}")
+    return run_dir / f"eval-{data.stem if data.is_file() else data.name}"
 
 
-def _check_out_dir(out_dir: Path, names: Sequence[str], force: bool) -> None:
-    """Refuse (before any inference) to overwrite an earlier eval's files unless force."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: is a file; give --out a folder")
-    existing = [name for name in names if (out_dir / name).exists()]
-    if existing and not force:
-        raise ConfigError(
-            f"{out_dir / existing[0]} exists from an earlier eval; pass --force to overwrite it or --out for another folder"
-        )
+def _check_out_dir(out_dir: Path, names: Sequence[str], reads: Sequence[Path]) -> None:
+    """Refuse (before any inference) a report folder whose files of these names sbert did not write; a rerun
+    replaces its own earlier report."""
+    from sbert_cli.outputs import OutputDir
+
+    outputs = OutputDir(out_dir)
+    outputs.check(force=True, will_write=names, reads=reads)
 
 
 def evaluate(
@@ -315,20 +316,26 @@ def evaluate(
     precision: str = "auto",
     device: str = "auto",
     max_length: int | None = None,
-    seed: int = DEFAULT_MASKING_SEED,
+    seed: int = EVAL_MASKING_SEED,
     progress: ProgressCallback | None = None,
 ) -> ClassificationEvaluation | MLMEvaluation:
     """Evaluate `model` on `data` for `task` (inferred when None) and write metrics.json (and, for cls,
-    the confusion-matrix PNG and misclassified TSV) into out_dir; out_dir=None writes nothing."""
+    the confusion-matrix PNG and misclassified TSV) into out_dir, replacing an earlier report there;
+    out_dir=None writes nothing. `force` is accepted for compatibility: a report replaces its own files anyway."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"--task must be cls or mlm, not {task!r}")
+    from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range, check_seed
+
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+    check_seed(seed)
     if not Path(data).exists():
         raise DataError(f"{data}: no such file or folder")
     task = task or infer_task(model, data)
-    names = (METRICS_FILE, CONFUSION_MATRIX_FILE, MISCLASSIFIED_FILE) if task == "cls" else (METRICS_FILE,)
+    names = (REPORT_FILE, CONFUSION_MATRIX_FILE, MISCLASSIFIED_FILE) if task == "cls" else (REPORT_FILE,)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        _check_out_dir(out_dir, names, force)
+        reads = [Path(p) for p in (model, data) if Path(p).is_dir()]
+        _check_out_dir(out_dir, names, reads)
     if task == "cls":
         if Path(data).is_dir():
             raise DataError(f"{data}: is a folder; --task cls takes a labelled file (TSV, CSV or JSONL)")
@@ -339,19 +346,22 @@ def evaluate(
                               max_length=max_length, seed=seed, progress=progress)
     if out_dir is None:
         return result
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if task == "cls":
-        from sbert_cli.plots import plot_confusion_matrix
+    from sbert_cli.outputs import OutputDir
 
-        m = result.metrics
-        result.files = {
-            "metrics": str(out_dir / METRICS_FILE),
-            "confusion_matrix": str(plot_confusion_matrix(m.confusion_matrix, m.labels, out_dir / CONFUSION_MATRIX_FILE)),
-            "misclassified": str(write_misclassified(result.misclassified, out_dir / MISCLASSIFIED_FILE)),
-        }
-    else:
-        result.files = {"metrics": str(out_dir / METRICS_FILE)}
-    write_metrics(result, out_dir / METRICS_FILE)
+    with OutputDir(out_dir) as outputs:
+        if task == "cls":
+            from sbert_cli.plots import plot_confusion_matrix
+
+            m = result.metrics
+            result.files = {
+                "metrics": str(out_dir / REPORT_FILE),
+                "confusion_matrix": str(plot_confusion_matrix(m.confusion_matrix, m.labels, out_dir / CONFUSION_MATRIX_FILE)),
+                "misclassified": str(write_misclassified(result.misclassified, out_dir / MISCLASSIFIED_FILE)),
+            }
+        else:
+            result.files = {"metrics": str(out_dir / REPORT_FILE)}
+        write_metrics(result, out_dir / REPORT_FILE)
+        outputs.record(*names)
     return result
 
 
@@ -366,7 +376,7 @@ def evaluate_mlm(
     precision: str = "auto",
     device: str = "auto",
     max_length: int | None = None,
-    seed: int = DEFAULT_MASKING_SEED,
+    seed: int = EVAL_MASKING_SEED,
     progress: ProgressCallback | None = None,
 ) -> MLMEvaluation:
     """Masked-token top-1/top-5 accuracy and perplexity on make-mlm-data output, or on a raw text file
@@ -377,8 +387,9 @@ def evaluate_mlm(
     from sbert_cli.data.shards import MLMShards, vocab_sha256
     from sbert_cli.model.model_dir import load_for_task, load_tokenizer
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
+
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     loaded = load_for_task(model, "mlm")
     net = loaded.model
     tokenizer = load_tokenizer(loaded.checkpoint.path)
@@ -397,17 +408,19 @@ def evaluate_mlm(
             settings = MLMDataSettings(max_seq_len=max_length or min(int(trained), limit), seed=seed)
             shards = MLMShards(make_mlm_data([data], Path(scratch) / "masked", tokenizer, settings).out)
             source = "text"
-        if shards.vocab_sha256 != vocab_sha256(tokenizer):
+        if shards.vocab_sha256 != vocab_sha256(tokenizer) or shards.max_token_id >= len(tokenizer):
             raise DataError(f"{data}: made with another vocab than {loaded.checkpoint.path}'s vocab.txt; "
                             "remake it with make-mlm-data --model MODEL")
         if shards.max_seq_len > limit:
             raise ConfigError(f"{data}: sequences of up to {shards.max_seq_len} tokens, but the model has "
                               f"{limit} positions; remake it with a smaller --max-seq-len")
         runtime.seconds += time.perf_counter() - start
-        examples = _masked_examples(shards, tokenizer, seed)
-        totals = _score_masked(net, examples, shards.lengths(), tokenizer.pad_id, batch_size, torch_device,
-                               resolved, runtime, progress)
-    correct, correct_top5, loss_sum, count = totals
+        from sbert_cli.tasks.mlm import eval_source, score_masked
+
+        sums = score_masked(net, eval_source(shards, tokenizer, seed), tokenizer.pad_id, batch_size, torch_device,
+                            resolved, runtime, progress)
+    loss_sum, count, correct, correct_top5 = sums
+    count = int(count)
     if count == 0:
         raise DataError(f"{data}: no masked tokens to score; are the texts long enough to mask?")
     return MLMEvaluation(
@@ -422,62 +435,3 @@ def evaluate_mlm(
         loss=loss_sum / count,
         runtime=runtime,
     )
-
-
-def _masked_examples(shards, tokenizer, seed: int) -> Callable[[int], object]:
-    """Sequence i with its predictions: as stored, or (--no-mask data) masked with a generator seeded by (seed, i),
-    so the masks do not depend on batching."""
-    import dataclasses
-
-    import numpy as np
-
-    from sbert_cli.data.masking import Masker, MaskingConfig
-
-    if shards.masked:
-        return shards.__getitem__
-    stored = shards.manifest.get("settings", {})
-    names = {f.name for f in dataclasses.fields(MaskingConfig)}
-    masker = Masker(tokenizer, MaskingConfig(**{k: v for k, v in stored.items() if k in names and v is not None}))
-
-    def masked(i: int):
-        example = shards[i]
-        return masker.mask(example.input_ids, example.word_ids, np.random.default_rng([seed, i]))
-
-    return masked
-
-
-def _score_masked(net, examples, lengths, pad_id, batch_size, device, precision, runtime, progress):
-    """(top-1 hits, top-5 hits, summed cross-entropy, predictions) over all masked tokens."""
-    import torch
-    import torch.nn.functional as F
-
-    from sbert_cli.data.batching import length_sorted_batches, pad_batch
-    from sbert_cli.model.precision import autocast
-
-    start = time.perf_counter()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    correct_top5 = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    with torch.inference_mode(), autocast(precision, device):
-        for batch in length_sorted_batches(lengths, batch_size):
-            sequences = [s for s in map(examples, batch) if len(s.masked_positions)]
-            if progress is not None:
-                progress(len(batch), len(lengths))
-            if not sequences:
-                continue
-            input_ids, attention_mask = pad_batch([s.input_ids for s in sequences], pad_id)
-            # Positions are padded with 0 ([CLS]); `valid` drops them from every sum.
-            positions, valid = pad_batch([s.masked_positions for s in sequences], 0)
-            labels = pad_batch([s.masked_labels for s in sequences], 0)[0]
-            valid = valid.to(device).bool()
-            logits = net(input_ids.to(device), attention_mask.to(device), masked_positions=positions.to(device))
-            logits = logits[valid].float()  # (P, V)
-            labels = labels.to(device)[valid]  # (P,)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            hits = logits.topk(TOP_K, dim=-1).indices == labels[:, None]  # (P, 5)
-            correct += hits[:, 0].sum()
-            correct_top5 += hits.any(dim=-1).sum()
-            count += int(valid.sum())
-    runtime.add(len(lengths), int(sum(lengths)), time.perf_counter() - start)
-    return int(correct), int(correct_top5), float(loss_sum), count

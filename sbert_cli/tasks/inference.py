@@ -38,6 +38,8 @@ class Runtime:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def to_json(self) -> dict:
+        from sbert_cli.model.precision import describe_machine
+
         return {
             "device": self.device,
             "precision": self.precision,
@@ -45,14 +47,20 @@ class Runtime:
             "seconds": round(self.seconds, 4),
             "examples_per_s": round(self.examples_per_s, 2),
             "tokens_per_s": round(self.tokens_per_s, 2),
+            "machine": describe_machine(),  # CPU model and bf16, threads, torch: what the speed and numbers came from
         }
 
     def summary(self, unit: str = "examples") -> str:
-        """One line for stderr: `1,000 examples in 1.25 s: 797.0 examples/s, 15,684 tokens/s (cuda, bf16, batch size 64)`."""
+        """One line for stderr: `1,000 examples in 1.25 s: 797.0 examples/s, 15,684 tokens/s (cpu, bf16, 2 threads,
+        batch size 64)`."""
+        import torch
+
         count_unit = unit if self.examples != 1 else unit.removesuffix("s")
+        threads = torch.get_num_threads()
         return (
             f"{self.examples:,} {count_unit} in {self.seconds:.2f} s: {self.examples_per_s:,.1f} {unit}/s, "
-            f"{self.tokens_per_s:,.0f} tokens/s ({self.device}, {self.precision}, batch size {self.batch_size})"
+            f"{self.tokens_per_s:,.0f} tokens/s ({self.device}, {self.precision}, {threads} thread{'s' * (threads != 1)}, "
+            f"batch size {self.batch_size})"
         )
 
 
@@ -64,10 +72,12 @@ def default_max_length(model: "nn.Module", meta: dict) -> int:
 
 
 def prepare_inference(model: "nn.Module", device: str, precision: str) -> tuple["torch.device", str]:
-    """Resolve --device/--precision and move the model there, in eval mode."""
-    from sbert_cli.model.precision import resolve_device, resolve_precision
+    """Resolve --device/--precision, move the model there in eval mode, and convert it in place for the precision
+    (bf16 weights, or int8 Linear layers: see precision.prepare_for_inference); run it under inference_autocast."""
+    from sbert_cli.model.precision import prepare_for_inference, resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
-    resolved = resolve_precision(precision, torch_device)
+    resolved = resolve_precision(precision, torch_device, inference=True)
     model.to(torch_device).eval()
+    prepare_for_inference(model, resolved)
     return torch_device, resolved

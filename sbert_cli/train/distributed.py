@@ -6,6 +6,8 @@ ask the loop to stop at the end of the current step (every rank votes, so all st
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import shlex
 import signal
@@ -70,20 +72,24 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistributedEnv) -> torch.Tensor:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts at once."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second signal (either) aborts at once.
+
+    The abort raises Interrupted, which the CLI turns into exit code 128 + the signal's number.
+    """
 
     def __init__(self, announce: bool):
         self.requested = False
+        self.signal: int | None = None
         self.announce = announce
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.requested and self.announce:
-            name = signal.Signals(signum).name
-            sys.stderr.write(f"\n{name}: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)\n")
-        self.requested = True
+        name = signal.Signals(signum).name
+        if self.requested:
+            raise Interrupted(signum, f"{name} again: stopped at once, without saving; the last checkpoint is kept")
+        if self.announce:
+            sys.stderr.write(f"\n{name}: finishing the current step, then saving a checkpoint ({name} again to abort)\n")
+        self.requested, self.signal = True, signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -94,6 +100,30 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal: the run ends at once; the CLI prints the message and exits with 128 + signum."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def process_group(env: DistributedEnv, device: torch.device, timeout_s: float):
+    """The torchrun process group for this run (gloo on CPU, nccl on GPU); nothing for a single process."""
+    started = env.distributed and not torch.distributed.is_initialized()
+    if started:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        if env.distributed:
+            torch.distributed.barrier()  # every rank has checked OUT before rank 0 writes to it
+        yield
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def resume_command() -> str:

@@ -13,10 +13,12 @@ resumed run is bit-identical.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
+import os
 import random
+import shutil
+import signal
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -29,23 +31,19 @@ import torch
 from torch import nn
 
 from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, split_batch
-from sbert_cli.errors import ConfigError, SbertError
+from sbert_cli.errors import ConfigError, ResumeError, SbertError
 from sbert_cli.model.precision import autocast, grad_scaler, resolve_precision
-from sbert_cli.train.distributed import (
-    DistributedEnv,
-    StopRequest,
-    all_reduce_sum,
-    device_for,
-    resume_command,
-)
+from sbert_cli.outputs import OutputDir
+from sbert_cli.train.distributed import DistributedEnv, StopRequest, all_reduce_sum, device_for, process_group
 from sbert_cli.train.state import (
+    METRICS_FILE,
     STATE_FORMAT,
     append_metrics,
     check_resume_compatible,
     check_run_dir,
-    latest_checkpoint,
-    load_trainer_state,
+    checkpoint_dirs,
     prepare_run_dir,
+    read_checkpoint_state,
     rng_state,
     set_rng_state,
     truncate_metrics,
@@ -63,9 +61,9 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: int | None = 3
     max_steps: int | None = None  # overrides epochs
-    lr: float = 2e-5
+    lr: float | None = None  # None: the task chooses by situation (tasks/lr_rule.py) before training
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    warmup_ratio: float | None = None  # None: chosen with the lr
     warmup_steps: int | None = None  # overrides warmup_ratio
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
@@ -89,13 +87,28 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        from sbert_cli import limits
+
+        limits.check_range("--batch-size", self.batch_size, 1, limits.MAX_BATCH_SIZE,
+                           f"{limits.BATCH_SIZE_WHY}; for bigger batches raise --grad-accum")
+        limits.check_range("--grad-accum", self.grad_accum, 1, limits.MAX_GRAD_ACCUM, limits.GRAD_ACCUM_WHY)
+        for name, value, low in (("--max-steps", self.max_steps, 1), ("--warmup-steps", self.warmup_steps, 0)):
+            if value is not None:
+                limits.check_range(name, value, low, limits.MAX_STEPS, limits.STEPS_WHY)
+        if self.epochs is not None:
+            limits.check_range("--epochs", self.epochs, 1, limits.MAX_EPOCHS, "more passes than that take years on any data")
+        limits.check_seed(self.seed)
+        limits.check_range("--dist-timeout", self.dist_timeout_s, 1, 7 * 24 * 3600, "seconds, up to a week")
+        for name, value in (("--weight-decay", self.weight_decay), ("--max-grad-norm", self.max_grad_norm)):
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
         if self.epochs is None and self.max_steps is None:
             raise ConfigError("give --epochs or --max-steps")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
@@ -172,6 +185,7 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"
     world_size: int = 1
+    stop_signal: int | None = None  # the signal that interrupted the run
     messages: list[str] = field(default_factory=list)
 
 
@@ -207,51 +221,26 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Reporter:
-    """Progress bar and console lines on the main process; silent elsewhere."""
+class Callbacks:
+    """How the loop reports progress: every method does nothing here; the CLI's progress bar overrides them.
 
-    def __init__(self, console, total: int, start: int):
-        self.console = console
-        self.progress = None
-        if console is not None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    Only the main process (rank 0) is given the caller's callbacks; the others report to this silent base.
+    """
 
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            self.task_id = self.progress.add_task("train", total=total, completed=start, stats="")
+    def start(self, step: int, total_steps: int) -> None:
+        """Training starts (or resumes) at optimizer step `step` of `total_steps`."""
 
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.start()
-        return self
+    def step(self, step: int, stats: dict | None) -> None:
+        """Optimizer step `step` is done; stats (loss, lr, tokens_per_s) on logged steps, else None."""
 
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
+    def evaluated(self, step: int, metrics: dict[str, float], improved: bool) -> None:
+        """An evaluation at `step`; improved: it is the best so far (OUT/best was rewritten)."""
 
-    def advance(self, step: int, stats: str | None) -> None:
-        if self.progress is not None:
-            fields = {"stats": stats} if stats is not None else {}
-            self.progress.update(self.task_id, completed=step, **fields)
+    def message(self, text: str) -> None:
+        """A line worth showing (notes, what was resumed, where the curves went)."""
 
-    def print(self, message: str, soft_wrap: bool = False) -> None:
-        if self.console is not None:
-            self.console.print(message, soft_wrap=soft_wrap)
+    def end(self) -> None:
+        """The loop is over (finished, stopped early or interrupted); the result follows."""
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -272,38 +261,30 @@ def train(
     model: nn.Module,
     task: Task,
     config: TrainConfig,
-    console=None,
+    callbacks: Callbacks | None = None,
     run_info: dict | None = None,
     on_micro_batch: Callable[[int, int], None] | None = None,
+    reads: tuple = (),
 ) -> TrainResult:
     """Train `model` on `task`; writes OUT/metrics.jsonl, checkpoints, OUT/best (when evaluating) and OUT/last.
 
-    console: a rich Console for the progress bar and messages (None: silent); only rank 0 uses it.
-    run_info: extra settings recorded in OUT/run.json. on_micro_batch(step, micro_index) is called
-    before each micro-batch (for tests and instrumentation).
+    callbacks: how progress is reported (rank 0 only; None: silent). run_info: extra settings recorded
+    in OUT/run.json. on_micro_batch(step, micro_index) is called before each micro-batch (for tests and
+    instrumentation). reads: folders the run reads from, which OUT may not contain.
     """
     config.validate()
     env = DistributedEnv.from_env()
     device = device_for(env, config.device)
     precision = resolve_precision(config.precision, device)
-    out_dir = Path(config.out_dir)
-    if not env.is_main:
-        console = None
-    check_run_dir(out_dir, config.resume, config.force)
-
-    if env.distributed and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=config.dist_timeout_s))
-        started_process_group = True
-    else:
-        started_process_group = False
-    try:
-        if env.distributed:
-            torch.distributed.barrier()  # every rank has checked OUT before rank 0 writes to it
-        return _train(model, task, config, console, run_info or {}, on_micro_batch, env, device, precision, out_dir)
-    finally:
-        if started_process_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    callbacks = callbacks if callbacks is not None and env.is_main else Callbacks()
+    check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
+    with process_group(env, device, config.dist_timeout_s):
+        trainer = Trainer(model, task, config, env, device, precision, on_micro_batch)
+        if config.resume:
+            trainer.resume()
+        else:
+            trainer.seed()
+        return trainer.fit(callbacks, run_info or {})
 
 
 class StepStats(NamedTuple):
@@ -319,10 +300,10 @@ class StepStats(NamedTuple):
 class Trainer:
     """One training run: the model, optimizer and schedule, where it is in the data, and what it has written.
 
-    `train()` drives it; `train_step` alone is what a benchmark times.
+    `train()` builds it and calls `fit`; `train_step` alone is what a benchmark times.
     """
 
-    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, console=None, env: DistributedEnv | None = None,
+    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, env: DistributedEnv | None = None,
                  device: torch.device | None = None, precision: str | None = None, on_micro_batch=None):
         env = env or DistributedEnv()
         device = device or device_for(env, config.device)
@@ -366,20 +347,28 @@ class Trainer:
         self.evals_without_improvement = 0
         self.last_saved_step: int | None = None
         self.last_eval_step: int | None = None
-        self.reporter = _Reporter(console, self.total_steps, 0)
+        self.outputs: OutputDir | None = None  # OUT, locked by the main process while it writes
+        self.callbacks = Callbacks()
         self.result = TrainResult(self.out_dir, 0, self.total_steps, 0.0, device=str(device), precision=precision,
                                   world_size=env.world_size)
 
     # -- state
 
     def resume(self) -> None:
-        from safetensors.torch import load_file
-
-        checkpoint = latest_checkpoint(self.out_dir)
-        state = load_trainer_state(checkpoint)
+        """Load the latest checkpoint that reads back whole; a damaged newer one is skipped with a note."""
+        damaged = []
+        for checkpoint in reversed(checkpoint_dirs(self.out_dir)):
+            try:
+                state, weights = read_checkpoint_state(checkpoint, self.device)
+                self.model.load_state_dict(weights)
+                break
+            except ResumeError as e:
+                damaged.append(str(e))
+        else:
+            raise ResumeError(f"cannot resume: {damaged[0]}; no earlier checkpoint reads back either"
+                              if damaged else f"no checkpoint under {self.out_dir / 'checkpoints'}")
+        self.result.messages += [f"{problem}; resuming from the previous checkpoint" for problem in damaged]
         self.result.messages += check_resume_compatible(state["settings"], self.settings, checkpoint)
-        weights = load_file(str(checkpoint / "model.safetensors"), device=str(self.device))
-        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
@@ -389,7 +378,8 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         set_rng_state(state["rng"][self.env.rank])
         self.last_saved_step = self.last_eval_step = self.step
-        self.result.resumed_from = checkpoint
+        self.result.step, self.result.resumed_from = self.step, checkpoint
+        self.result.epoch = self.epoch + self.next_batch / self.steps_per_epoch
 
     def seed(self) -> None:
         # Dropout differs across ranks, as it would across the examples of one big batch.
@@ -417,25 +407,33 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = self.trainer_state()
         if self.env.is_main:
-            self.result.checkpoint = write_checkpoint(self.out_dir, self.model, self.task, state, self.config.keep_last)
+            self.result.checkpoint = write_checkpoint(self.outputs, self.model, self.task, state, self.config.keep_last)
         self.last_saved_step = self.step
 
     def save_model(self, name: str, **meta) -> None:
-        from sbert_cli.model.model_dir import save_model
+        """OUT/NAME (best, last) as an sbert model dir, replacing the earlier one whole."""
+        from sbert_cli.model.model_dir import write_model_folder_of
 
         if self.env.is_main:
-            save_model(self.model, self.out_dir / name, self.task.tokenizer, self.task.model_task, source="sbert train",
-                       extra_meta={"step": self.step, **meta, **self.task.save_meta()})
+            tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_model_folder_of(self.model, tmp, self.task.tokenizer, self.task.model_task, source="sbert train",
+                                  extra_meta={"step": self.step, **meta, **self.task.save_meta()})
+            self.outputs.replace(tmp, name)
 
     def write_run_record(self, run_info: dict) -> None:
+        from sbert_cli.model.precision import describe_machine
+
         record = {
             "task": self.task.model_task, **run_info, "train": {**asdict(self.config), "out_dir": str(self.out_dir)},
             "device": str(self.device), "precision": self.precision, "world_size": self.env.world_size,
             "global_batch_size": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "torch": torch.__version__,
+            "machine": describe_machine(),  # CPU model and native bf16, threads: what the run's numbers came from
         }
         text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
         (self.out_dir / "run.json").write_text(text, encoding="utf-8")
+        self.outputs.record("run.json")
 
     # -- the loop
 
@@ -451,8 +449,7 @@ class Trainer:
         self.result.last_eval = metrics
         if self.env.is_main:
             append_metrics(self.out_dir, {"kind": "eval", "step": self.step, "epoch": round(epoch_float, 4), **metrics})
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            self.reporter.print(f"eval step {self.step}: {shown}" + ("  [green]best[/]" if improved else ""))
+        self.callbacks.evaluated(self.step, metrics, improved)
         if improved:
             self.save_model("best", **{task.best_metric: metrics[task.best_metric]})
 
@@ -505,66 +502,102 @@ class Trainer:
         tail = all_reduce_sum(tail, env)
         return StepStats(float(tail[0]), int(total_units), int(total_tokens), lr, bool(tail[1] > 0))
 
-    def run(self, stop: "StopRequest") -> TrainResult:
-        result = self.result
-        log = _LogWindow()
-        self.reporter.advance(self.step, None)
-        # One thread collates the next step's batches (tokens, dynamic masks) while this step computes.
-        with ThreadPoolExecutor(1, thread_name_prefix="collate") as collator:
-            self._run_epochs(stop, collator, log)
-        if not result.interrupted:
-            self.save_model("last")
-        result.best_value, result.best_step = self.best_value, self.best_step
-        return result
+    def fit(self, callbacks: Callbacks, run_info: dict) -> TrainResult:
+        """The whole run, top to bottom: prepare OUT, then epochs of steps (evaluating and checkpointing when
+        due) until the last step, an early stop or a signal; then OUT/last and the curves."""
+        config, env, result = self.config, self.env, self.result
+        self.callbacks = callbacks
+        if env.is_main:
+            self.outputs = prepare_run_dir(self.out_dir, config.resume, config.force)
+            if config.resume:
+                truncate_metrics(self.out_dir, self.step)
+            self.outputs.record(METRICS_FILE)  # appended to from the first logged step on
+            self.write_run_record(run_info)
+        try:
+            if env.distributed:
+                torch.distributed.barrier()  # OUT is ready before any rank trains
+                device_ids = [self.device.index] if self.device.type == "cuda" else None
+                self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            for note in result.messages:
+                callbacks.message(f"note: {note}")
+            if result.resumed_from is not None:
+                callbacks.message(f"resuming from {result.resumed_from} (step {self.step} of {self.total_steps})")
+            callbacks.start(self.step, self.total_steps)
+            log = _LogWindow()
+            # One thread collates the next step's batches (tokens, dynamic masks) while this step computes.
+            with StopRequest(announce=env.is_main) as stop, ThreadPoolExecutor(1, thread_name_prefix="collate") as collator:
+                while self.step < self.total_steps and not (result.interrupted or result.early_stopped):
+                    self.run_epoch(stop, collator, log)
+            callbacks.end()
+            if not result.interrupted:
+                self.save_model("last")
+            result.best_value, result.best_step = self.best_value, self.best_step
+            if env.is_main and config.plot:
+                self.plot_curves()
+            return result
+        finally:
+            if self.outputs is not None:
+                self.outputs.release()
 
-    def _run_epochs(self, stop: StopRequest, collator: ThreadPoolExecutor, log: _LogWindow) -> None:
-        config, result = self.config, self.result
-        while self.step < self.total_steps and not (result.interrupted or result.early_stopped):
-            batches = bucketed_batches(self.lengths, self.global_batch, config.seed, self.epoch)
-            upcoming = collator.submit(self.micro_batches, batches[self.next_batch], self.epoch)
-            while self.next_batch < len(batches) and self.step < self.total_steps:
-                micro = upcoming.result()
-                if self.next_batch + 1 < len(batches) and self.step + 1 < self.total_steps:
-                    upcoming = collator.submit(self.micro_batches, batches[self.next_batch + 1], self.epoch)
-                loss_sum, units, tokens, lr, stop_voted = self.train_step(batches[self.next_batch], stop, micro)
-                if not math.isfinite(loss_sum) and self.precision != "fp16":  # fp16's scaler skips such steps itself
-                    raise SbertError(
-                        f"step {self.step + 1}: the loss is {loss_sum}, training diverged; resume from the last "
-                        f"checkpoint with a lower --lr (now {config.lr}), or use --precision fp32"
-                    )
-                self.step += 1
-                self.next_batch += 1
-                epoch_float = self.epoch + self.next_batch / len(batches)
-                end_of_epoch = self.next_batch == len(batches)
-                if end_of_epoch:
-                    self.epoch, self.next_batch = self.epoch + 1, 0
-                result.step, result.epoch = self.step, epoch_float
-                log.add(loss_sum, units, tokens)
-                finished = self.step == self.total_steps
-                if self.step % config.log_every == 0 or self.step == 1 or finished or stop_voted:
-                    record = {"kind": "train", "step": self.step, "epoch": round(epoch_float, 4), **log.flush(), "lr": lr}
-                    if self.env.is_main:
-                        append_metrics(self.out_dir, record)
-                    self.reporter.advance(self.step, f"loss {record['loss']:.4f}  lr {lr:.2e}  {record['tokens_per_s']:,.0f} tok/s")
-                else:
-                    self.reporter.advance(self.step, None)
+    def run_epoch(self, stop: StopRequest, collator: ThreadPoolExecutor, log: "_LogWindow") -> None:
+        """Steps through the rest of this epoch's batches (from next_batch), or until the run must stop."""
+        config, result, callbacks = self.config, self.result, self.callbacks
+        batches = bucketed_batches(self.lengths, self.global_batch, config.seed, self.epoch)
+        upcoming = collator.submit(self.micro_batches, batches[self.next_batch], self.epoch)
+        while self.next_batch < len(batches) and self.step < self.total_steps:
+            micro = upcoming.result()
+            if self.next_batch + 1 < len(batches) and self.step + 1 < self.total_steps:
+                upcoming = collator.submit(self.micro_batches, batches[self.next_batch + 1], self.epoch)
+            loss_sum, units, tokens, lr, stop_voted = self.train_step(batches[self.next_batch], stop, micro)
+            if not math.isfinite(loss_sum) and self.precision != "fp16":  # fp16's scaler skips such steps itself
+                raise SbertError(
+                    f"step {self.step + 1}: the loss is {loss_sum}, training diverged; resume from the last "
+                    f"checkpoint with a lower --lr (now {config.lr}), or use --precision fp32"
+                )
+            self.step += 1
+            self.next_batch += 1
+            epoch_float = self.epoch + self.next_batch / len(batches)
+            end_of_epoch = self.next_batch == len(batches)
+            if end_of_epoch:
+                self.epoch, self.next_batch = self.epoch + 1, 0
+            result.step, result.epoch = self.step, epoch_float
+            log.add(loss_sum, units, tokens)
+            finished = self.step == self.total_steps
+            if self.step % config.log_every == 0 or self.step == 1 or finished or stop_voted:
+                record = {"kind": "train", "step": self.step, "epoch": round(epoch_float, 4), **log.flush(), "lr": lr}
+                if self.env.is_main:
+                    append_metrics(self.out_dir, record)
+                callbacks.step(self.step, record)
+            else:
+                callbacks.step(self.step, None)
 
-                due_eval = self.evaluating and (
-                    (config.eval_every is not None and self.step % config.eval_every == 0)
-                    or (config.eval_every is None and end_of_epoch) or finished)
-                if due_eval and self.last_eval_step != self.step:
-                    self.evaluate(epoch_float)
-                    if config.patience is not None and self.evals_without_improvement >= config.patience:
-                        result.early_stopped = True
-                        self.reporter.print(f"early stop: no better {self.task.best_metric} in {config.patience} evaluations")
-                due_save = ((config.save_every is not None and self.step % config.save_every == 0)
-                            or (config.save_every is None and (due_eval or end_of_epoch))
-                            or finished or result.early_stopped or stop_voted)
-                if due_save and self.last_saved_step != self.step:
-                    self.save_checkpoint()
-                result.interrupted = stop_voted
-                if stop_voted or result.early_stopped or end_of_epoch:
-                    break  # a new epoch has its own batch order
+            due_eval = self.evaluating and (
+                (config.eval_every is not None and self.step % config.eval_every == 0)
+                or (config.eval_every is None and end_of_epoch) or finished)
+            if due_eval and self.last_eval_step != self.step:
+                self.evaluate(epoch_float)
+                if config.patience is not None and self.evals_without_improvement >= config.patience:
+                    result.early_stopped = True
+                    callbacks.message(f"early stop: no better {self.task.best_metric} in {config.patience} evaluations")
+            due_save = ((config.save_every is not None and self.step % config.save_every == 0)
+                        or (config.save_every is None and (due_eval or end_of_epoch))
+                        or finished or result.early_stopped or stop_voted)
+            if due_save and self.last_saved_step != self.step:
+                self.save_checkpoint()
+            result.interrupted = stop_voted
+            if stop_voted:
+                result.stop_signal = stop.signal or signal.SIGTERM  # another rank's signal: torchrun sends SIGTERM
+            if stop_voted or result.early_stopped or end_of_epoch:
+                return  # a new epoch has its own batch order
+
+    def plot_curves(self) -> None:
+        from sbert_cli.plots import CURVES_FILE, plot_training_curves
+
+        try:
+            self.callbacks.message(f"training curves: {plot_training_curves(self.out_dir)}")
+            self.outputs.record(CURVES_FILE)
+        except Exception as e:  # the model is saved; a plotting problem must not fail the run
+            self.callbacks.message(f"note: could not draw the training curves ({e}); retry with: sbert plot {self.out_dir}")
 
 
 class _LogWindow:
@@ -581,40 +614,6 @@ class _LogWindow:
         record = {"loss": self.loss / max(self.units, 1), "tokens_per_s": self.tokens / max(now - self.started, 1e-9)}
         self.loss, self.units, self.tokens, self.started = 0.0, 0, 0, now
         return record
-
-
-def _train(model, task, config, console, run_info, on_micro_batch, env, device, precision, out_dir) -> TrainResult:
-    trainer = Trainer(model, task, config, console, env, device, precision, on_micro_batch)
-    if config.resume:
-        trainer.resume()
-    else:
-        trainer.seed()
-    if env.is_main:
-        prepare_run_dir(out_dir, config.resume, config.force)
-        if config.resume:
-            truncate_metrics(out_dir, trainer.step)
-        trainer.write_run_record(run_info)
-    if env.distributed:
-        torch.distributed.barrier()
-        device_ids = [device.index] if device.type == "cuda" else None
-        trainer.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    for note in trainer.result.messages:
-        trainer.reporter.print(f"[yellow]note:[/] {note}")
-    if trainer.result.resumed_from is not None:
-        trainer.reporter.print(f"resuming from {trainer.result.resumed_from} (step {trainer.step} of {trainer.total_steps})")
-    with StopRequest(announce=env.is_main) as stop, trainer.reporter:
-        result = trainer.run(stop)
-    if env.is_main and config.plot:
-        try:
-            from sbert_cli.plots import plot_training_curves
-
-            trainer.reporter.print(f"training curves: {plot_training_curves(out_dir)}")
-        except Exception as e:  # the model is saved; a plotting problem must not fail the run
-            trainer.reporter.print(f"[yellow]note:[/] could not draw the training curves ({e}); retry with: sbert plot {out_dir}")
-    if result.interrupted:
-        trainer.reporter.print(f"stopped at step {result.step}; checkpoint saved to {result.checkpoint}")
-        trainer.reporter.print(f"resume with: {resume_command()}", soft_wrap=True)  # one line, to copy
-    return result
 
 
 @torch.no_grad()

@@ -19,40 +19,53 @@ import torch
 from torch import nn
 
 from sbert_cli.errors import ConfigError, ResumeError
-from sbert_cli.model.model_dir import remove_outputs, replace_dir
+from sbert_cli.outputs import OutputDir
+from sbert_cli.plots import CURVES_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
     from sbert_cli.train.loop import Task
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 1
-METRICS_FILE = "metrics.jsonl"
-# Files and folders a run writes into OUT; --force removes these and nothing else.
-RUN_ARTIFACTS = ("checkpoints", "best", "last", METRICS_FILE, "curves.png", "run.json", "eval-dev", "eval-test")
+# What a run (re)writes at the top of OUT; --force removes sbert's files among these (see outputs.py).
+RUN_ARTIFACTS = ("checkpoints", "best", "last", METRICS_FILE, CURVES_FILE, "run.json", "eval-dev", "eval-test")
 
 
-def check_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
+def check_run_dir(out_dir: Path, resume: bool, force: bool, reads: tuple = ()) -> None:
     """Refuse to write into a run dir that holds earlier results unless resuming or forced (reads only)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the run")
+    outputs = OutputDir(out_dir)
     if resume:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir}: is a file; give a folder for the run")
         if latest_checkpoint(out_dir) is None:
-            raise ResumeError(f"--resume: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop --resume to start a new run")
+            raise ResumeError(
+                f"--resume: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop --resume "
+                "(with --force to start over in this --out)"
+            )
         return
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ConfigError(
-            f"--out {out_dir}: is not empty; continue it with --resume, overwrite its results with --force, or choose another --out"
-        )
+    if latest_checkpoint(out_dir) is None and out_dir.is_dir() and outputs.recorded():
+        advice = "it holds a run stopped before its first checkpoint: start over with --force, or choose another --out"
+    else:
+        advice = "continue it with --resume, overwrite its results with --force, or choose another --out"
+    outputs.check(force, will_write=RUN_ARTIFACTS, reads=reads, not_empty=f"is not empty; {advice}")
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> OutputDir:
+    """Lock OUT for this run (see outputs.py); forced, remove sbert's results of an earlier run first."""
+    outputs = OutputDir(out_dir).acquire()
     if force and not resume:
-        remove_outputs(out_dir, RUN_ARTIFACTS)
+        outputs.clear()
     checkpoints = out_dir / "checkpoints"
     if checkpoints.is_dir():
         for leftover in checkpoints.glob(".*"):  # temp dirs of a save that was killed
             shutil.rmtree(leftover, ignore_errors=True)
+    return outputs
+
+
+def kept_model_dir(out_dir: Path) -> Path:
+    """The model a run keeps: OUT/best when it evaluated, else OUT/last."""
+    out_dir = Path(out_dir)
+    return out_dir / "best" if (out_dir / "best").is_dir() else out_dir / "last"
 
 
 def checkpoint_dirs(out_dir: Path) -> list[Path]:
@@ -97,26 +110,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_checkpoint(out_dir: Path, model: nn.Module, task: Task, trainer_state: dict, keep_last: int) -> Path:
+def write_checkpoint(outputs: OutputDir, model: nn.Module, task: Task, trainer_state: dict, keep_last: int) -> Path:
     """Write OUT/checkpoints/step-N atomically (a temp dir renamed into place), then prune to keep_last."""
-    from sbert_cli.model.model_dir import save_model
+    from sbert_cli.model.model_dir import write_model_folder_of
 
-    root = out_dir / "checkpoints"
+    root = outputs.path / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{trainer_state['step']:07d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    name = f"step-{trainer_state['step']:07d}"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint", extra_meta={"step": trainer_state["step"], **task.save_meta()})
+    write_model_folder_of(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint",
+                          extra_meta={"step": trainer_state["step"], **task.save_meta()})
     with open(tmp / STATE_FILE, "wb") as f:
         torch.save(trainer_state, f)
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    replace_dir(tmp, final)
+    final = outputs.replace(tmp, f"checkpoints/{name}")
     _fsync_dir(root)
-    for old in checkpoint_dirs(out_dir)[:-keep_last]:
+    for old in checkpoint_dirs(outputs.path)[:-keep_last]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            outputs.remove(f"checkpoints/{old.name}")
     return final
 
 
@@ -125,10 +139,29 @@ def load_trainer_state(checkpoint: Path) -> dict:
     try:
         state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which
-        raise ResumeError(f"{checkpoint / STATE_FILE}: cannot be read ({e}); delete this checkpoint to resume from an earlier one") from None
-    if state.get("format") != STATE_FORMAT:
-        raise ResumeError(f"{checkpoint}: trainer state format {state.get('format')} is not {STATE_FORMAT}")
+        raise ResumeError(f"{checkpoint / STATE_FILE}: cannot be read ({_first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ResumeError(f"{checkpoint / STATE_FILE}: trainer state format {found} is not {STATE_FORMAT}")
     return state
+
+
+def read_checkpoint_state(checkpoint: Path, device: torch.device) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(trainer state, weights) of a checkpoint, each read back whole; ResumeError names what is damaged."""
+    from safetensors.torch import load_file
+
+    state = load_trainer_state(checkpoint)
+    weights_file = checkpoint / "model.safetensors"
+    try:
+        weights = load_file(str(weights_file), device=str(device))
+    except Exception as e:  # missing, truncated, not safetensors
+        raise ResumeError(f"{weights_file}: cannot be read ({_first_line(e)})") from None
+    return state, weights
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def check_resume_compatible(saved: dict, current: dict, checkpoint: Path) -> list[str]:

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbert_cli.model.tokenizer import BertTokenizer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sbert_cli.model.tokenizer import BertTokenizer
 
 IDEOGRAPH_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF))
 TABLE_START, TABLE_END = 0x3400, 0xA000
@@ -37,7 +40,7 @@ class FlatTokens:
 class FlatEncoder:
     """Encodes lists of lines into FlatTokens; the same tokens and offsets as tokenizer.encode_batch."""
 
-    def __init__(self, tokenizer: BertTokenizer):
+    def __init__(self, tokenizer: "BertTokenizer"):
         self.tokenizer = tokenizer
         table = np.full(TABLE_END - TABLE_START, tokenizer.unk_id, dtype=np.int32)
         for token, index in tokenizer.vocab.items():

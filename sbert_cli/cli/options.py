@@ -1,0 +1,72 @@
+"""Options declared once and shared by the commands they apply to: the training group (train-cls, pretrain).
+
+A command names its own options and takes `**shared`; `with_options(GROUP)` appends the group's options to
+the signature Typer reads, so every command spells and documents them the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from typing_extensions import Annotated
+
+TRAINING = "Training"
+RUN = "Run dir, checkpoints and evaluation"
+HARDWARE = "Device and precision"
+
+
+def _option(*names: str, help: str, panel: str | None = None, **kwargs) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+
+
+# name: (type, option, default)
+TRAINING_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
+    "epochs": (Optional[int], _option("--epochs", help="Passes over the training data (default 3; --max-steps overrides).", panel=TRAINING), None),
+    "max_steps": (Optional[int], _option("--max-steps", help="Stop after this many optimizer steps.", panel=TRAINING), None),
+    "batch_size": (int, _option("--batch-size", "-b", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", panel=TRAINING), 32),
+    "grad_accum": (int, _option("--grad-accum", help="Micro-batches accumulated per optimizer step.", panel=TRAINING), 1),
+    "weight_decay": (float, _option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", panel=TRAINING), 0.01),
+    "warmup_ratio": (float, _option("--warmup-ratio", help="Linear warmup over this share of the steps.", panel=TRAINING), 0.1),
+    "warmup_steps": (Optional[int], _option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", panel=TRAINING), None),
+    "schedule": (str, _option("--schedule", help="After warmup: linear, cosine or constant.", panel=TRAINING), "linear"),
+    "max_grad_norm": (float, _option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", panel=TRAINING), 1.0),
+    "seed": (int, _option("--seed", help="Seeds data order, dropout, masking and new weights.", panel=TRAINING), 42),
+    "eval_every": (Optional[int], _option("--eval-every", help="Evaluate every N steps (default: each epoch).", panel=RUN), None),
+    "save_every": (Optional[int], _option("--save-every", help="Checkpoint every N steps (default: at each evaluation / epoch).", panel=RUN), None),
+    "keep_last": (int, _option("--keep-last", help="Checkpoints kept under OUT/checkpoints.", panel=RUN), 2),
+    "patience": (Optional[int], _option("--patience", help="Stop after N evaluations without improvement.", panel=RUN), None),
+    "log_every": (int, _option("--log-every", help="Log loss, lr and tokens/s every N steps.", panel=RUN), 10),
+    "resume": (bool, _option("--resume", help="Continue from the latest checkpoint in --out (same data, batch size and processes).", panel=RUN), False),
+    "force": (bool, _option("--force", help="Start over in a non-empty --out, removing only what an earlier run wrote there.", panel=RUN), False),
+    "plot": (bool, _option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", panel=RUN), True),
+    "dist_timeout": (float, _option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", panel=HARDWARE), 600.0),
+}
+
+
+def with_options(*groups: dict[str, tuple[Any, Any, Any]]) -> Callable:
+    """Add the groups' options to a Typer command that takes `**shared`; Typer reads the combined signature."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
+            for group in groups for name, (kind, option, default) in group.items()
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            return command(**kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        return wrapper
+
+    return decorate
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)]

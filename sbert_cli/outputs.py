@@ -1,0 +1,313 @@
+"""The one output-folder policy: what sbert may write into a folder, what `--force` may delete, and who holds it.
+
+Every folder a command writes its results into (a run dir, make-mlm-data output, a convert-weights
+destination, an eval report, the demo) is an `OutputDir`:
+- `.sbert-outputs.json` records each file sbert wrote there. `--force` deletes those files and the folders
+  they leave empty, nothing else: a user's files beside or inside our folders survive, and a path is never
+  followed through a symbolic link.
+- The folder itself is locked (flock on the directory) while a command writes, so a second command on
+  the same folder is refused with the holder's PID (from /proc/locks) instead of interleaving with it.
+  The OS drops the lock when the process dies; no lock file is left behind.
+- A folder that is the current directory, the home directory or a filesystem root, or that contains a
+  folder the command reads from, is refused outright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from sbert_cli.errors import ConfigError
+
+MANIFEST = ".sbert-outputs.json"
+OWN_FILES = (MANIFEST,)
+TEMP_MARKERS = (".tmp-", ".old-")  # `.NAME.tmp-PID` / `.NAME.old-PID`: sbert's half-written or half-replaced entries
+
+
+class OutputDir:
+    """A folder sbert writes results into (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.root = self.path.absolute()
+        self._lock_fd: int | None = None
+
+    # -- what sbert wrote here
+
+    def recorded(self) -> set[str]:
+        """Paths (relative, '/'-separated) of the files sbert wrote here, including those recorded by the
+        manifests of folders inside it (a run dir inside the demo's folder, an eval report inside a run dir)."""
+        files = set()
+        for folder in self._manifest_folders():
+            prefix = "" if folder == self.path else folder.relative_to(self.path).as_posix() + "/"
+            files.update(prefix + name for name in _read_manifest(folder))
+        return files
+
+    def _manifest_folders(self) -> list[Path]:
+        found = []
+        for root, dirs, names in os.walk(self.path):  # os.walk does not follow links into folders
+            if MANIFEST in names:
+                found.append(Path(root))
+        return found
+
+    def _own_recorded(self) -> set[str]:
+        return _read_manifest(self.path)
+
+    def _write_manifest(self, files: set[str]) -> None:
+        if not files:
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            return
+        tmp = self.path / f".{MANIFEST}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"format": 1, "files": sorted(files)}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / MANIFEST)
+
+    def record(self, *entries: str | Path) -> None:
+        """Record files (or every file under folders) of this folder as sbert's; give paths inside it."""
+        files = self._own_recorded()
+        for entry in entries:
+            files.update(self._files_under(Path(entry)))
+        self._write_manifest(files)
+
+    def forget(self, *entries: str | Path) -> None:
+        """Drop entries (and everything recorded under them) from the record, after sbert removed them."""
+        names = {self._relative(Path(e)) for e in entries}
+        files = {f for f in self._own_recorded() if not any(f == n or f.startswith(n + "/") for n in names)}
+        self._write_manifest(files)
+
+    def _absolute(self, entry: Path) -> Path:
+        """An entry given as a name inside this folder, or as a path (absolute, or starting with this folder's path)."""
+        if entry.is_absolute():
+            return entry
+        if entry.parts[: len(self.path.parts)] == self.path.parts:
+            return entry.absolute()
+        return self.root / entry
+
+    def _relative(self, entry: Path) -> str:
+        return self._absolute(entry).relative_to(self.root).as_posix()
+
+    def _files_under(self, entry: Path) -> list[str]:
+        full = self._absolute(entry)
+        if full.is_symlink() or not full.is_dir():
+            return [self._relative(full)]
+        return [self._relative(Path(root) / name) for root, _, names in os.walk(full) for name in names]
+
+    def foreign(self, entry: str | Path = ".") -> list[str]:
+        """Files under `entry` (default: the whole folder) that sbert did not write, ignoring its own bookkeeping."""
+        full = self.root / entry
+        if not (full.exists() or full.is_symlink()):
+            return []
+        mine = self.recorded()
+        return [f for f in self._files_under(full)
+                if f not in mine and f.rsplit("/", 1)[-1] not in OWN_FILES and not _is_temp(f.rsplit("/", 1)[-1])]
+
+    # -- checks, before anything is written
+
+    def check(self, force: bool, will_write: Iterable[str] = (), reads: Iterable[str | Path] = (),
+              not_empty: str = "is not empty; pass --force to replace sbert's earlier results there, or choose another folder") -> None:
+        """Refuse (reading only) a folder this command must not write into.
+
+        will_write: top-level names the command (re)writes; with force, an existing one must hold only sbert's files.
+        reads: folders the command reads from; the output folder may not contain them.
+        not_empty: what to say about a folder that already holds something, without force.
+        """
+        path = self.path
+        if path.is_symlink() and not path.is_dir():
+            raise ConfigError(f"{path}: is a broken symbolic link; give a folder")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path}: is a file; give a folder")
+        resolved = path.resolve()
+        if resolved in {Path.cwd().resolve(), Path.home().resolve(), Path(resolved.anchor)}:
+            raise ConfigError(f"{path}: is the current, home or root folder; give the results a folder of their own")
+        for source in reads:
+            source = Path(source).expanduser().resolve()
+            if source == resolved or resolved in source.parents:
+                raise ConfigError(f"{path}: contains {source}, which this command reads; choose a folder outside it")
+        if not path.is_dir():
+            return
+        holder = lock_holder(path)
+        if holder is not None and holder != str(os.getpid()):  # this process's own lock is no obstacle
+            raise ConfigError(_in_use(path, holder))
+        entries = [p for p in path.iterdir() if p.name not in OWN_FILES and not _is_temp(p.name)]
+        if not entries:
+            return
+        if not force:
+            raise ConfigError(f"{path}: {not_empty}")
+        for name in will_write:
+            foreign = self.foreign(name)
+            if foreign:
+                raise ConfigError(
+                    f"{path / name}: holds files sbert did not write ({foreign[0]}); --force replaces only sbert's "
+                    "own results: move them away or choose another folder"
+                )
+
+    # -- while writing
+
+    def acquire(self) -> "OutputDir":
+        """Create the folder and lock it for this process; refuse when another process holds it."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(_in_use(self.path, _lock_pid(self.path))) from None
+        self._lock_fd = fd
+        self.remove_temp_leftovers()
+        return self
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "OutputDir":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def remove_temp_leftovers(self) -> None:
+        """Half-written `.NAME.tmp-PID` / `.NAME.old-PID` entries of a process that was killed (we hold the lock)."""
+        for child in self.path.iterdir():
+            if _is_temp(child.name):
+                _remove(child)
+
+    def clear(self) -> list[str]:
+        """Delete every file sbert recorded here (and the folders that leaves empty); return what was removed."""
+        removed = []
+        folders = self._manifest_folders()
+        for name in sorted(self.recorded()):
+            full = self.path / name
+            if _inside(full, self.path) and (full.is_file() or full.is_symlink()):
+                full.unlink()
+                removed.append(name)
+        for folder in folders:
+            if folder != self.path:
+                (folder / MANIFEST).unlink(missing_ok=True)
+        for name in removed + [f.relative_to(self.path).as_posix() + "/x" for f in folders if f != self.path]:
+            for parent in (self.path / name).parents:  # prune the folders this emptied, up to (not including) the root
+                if parent == self.path or not _inside(parent, self.path):
+                    break
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        self._write_manifest(set())
+        return removed
+
+    def replace(self, new: Path, name: str) -> Path:
+        """Move the folder `new` to NAME here (NAME may be nested: checkpoints/step-N), replacing sbert's
+        earlier NAME whole; record its files. An earlier NAME holding a user's files is refused, not deleted."""
+        target = self.path / name
+        foreign = self.foreign(name)
+        if foreign:
+            raise ConfigError(f"{target}: holds files sbert did not write ({foreign[0]}); move them away and run again")
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            _remove(old)
+            os.replace(target, old)
+            os.replace(new, target)
+            _remove(old)
+        else:
+            os.replace(new, target)
+        self.forget(name)
+        self.record(name)
+        return target
+
+    def install(self, new: Path) -> list[str]:
+        """Move each file of the folder `new` into this folder (one rename each), replacing sbert's files of the
+        same name; sbert's earlier files that `new` does not hold are removed. Returns the installed names."""
+        names = sorted(p.name for p in new.iterdir())
+        earlier = self._own_recorded()
+        foreign = [n for n in names if (self.path / n).exists() and n not in self.recorded()]
+        if foreign:
+            raise ConfigError(f"{self.path / foreign[0]}: was not written by sbert; move it away or choose another folder")
+        for name in names:
+            os.replace(new / name, self.path / name)
+        for stale in sorted(earlier - set(names)):
+            if "/" not in stale and (self.path / stale).is_file():
+                (self.path / stale).unlink()
+        self._write_manifest({n for n in earlier if "/" in n} | set(names))
+        return names
+
+    def remove(self, name: str) -> None:
+        """Delete NAME when every file under it is sbert's (else leave it), and forget it."""
+        target = self.path / name
+        if not self.foreign(name):
+            _remove(target)
+            self.forget(name)
+
+
+def _read_manifest(folder: Path) -> set[str]:
+    try:
+        content = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return {str(name) for name in content.get("files", []) if ".." not in str(name).split("/")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
+def lock_holder(folder: Path) -> str | None:
+    """The PID of the process that holds `folder` (see OutputDir.acquire), or None when it is free."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _lock_pid(folder)
+    finally:
+        os.close(fd)
+    return None
+
+
+def _lock_pid(folder: Path) -> str:
+    """The PID /proc/locks gives for the flock on `folder`'s inode ("unknown" where it cannot tell)."""
+    try:
+        info = os.stat(folder)
+        wanted = f":{info.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(wanted):
+                return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _in_use(path: Path, holder: str) -> str:
+    return f"{path}: in use by another sbert process (PID {holder}); wait for it to finish or choose another folder"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and any(marker in name for marker in TEMP_MARKERS)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` stays inside `root` without passing through a symbolic link."""
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        return False
+    current = root
+    for part in relative.parts[:-1]:
+        current = current / part
+        if part == ".." or current.is_symlink():
+            return False
+    return ".." not in relative.parts
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (never what it points to) or a folder tree."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)

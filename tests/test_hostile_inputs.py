@@ -1,0 +1,417 @@
+"""Hostile inputs through the CLI: broken files sbert reads, option values without sense, undecodable text.
+
+Every case in CASES must end with exit code 1, exactly one `error:` line naming the file (or the option) at
+fault, no traceback, and the case's folder exactly as it was: no output folder created, no file changed. The
+last tests run the worst option values under a 3 GB address-space limit, where a clean error or a clamped,
+finishing run is the only way to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import one_line_error
+from typer.testing import CliRunner
+
+from sbert_cli.cli import app
+from sbert_cli.resources import THUCNEWS_TRAIN
+
+runner = CliRunner()
+TRAIN_CLS = ["train-cls", "--config", "tiny", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-plot"]
+PRETRAIN = ["pretrain", "--config", "tiny", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-plot"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, hf_mlm_dir, hf_cls_dir):
+    """Good inputs to break copies of: HF and sbert model dirs, masked and unmasked shards, small text files."""
+    from sbert_cli.convert import convert_weights
+    from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+    from sbert_cli.model.model_dir import load_tokenizer
+
+    root = tmp_path_factory.mktemp("hostile-inputs")
+    rows = THUCNEWS_TRAIN.read_text(encoding="utf-8").splitlines()[:40]
+    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "train.txt").write_text("\n".join(r.split("\t")[0] for r in rows) + "\n", encoding="utf-8")
+    (root / "cls.tsv").write_text("".join(f"{r.split(chr(9))[0]}\t{('finance', 'sports', 'game')[i % 3]}\n"
+                                          for i, r in enumerate(rows[:12])), encoding="utf-8")
+    tokenizer = load_tokenizer(hf_mlm_dir)
+    for name, mask in (("masked", True), ("unmasked", False)):
+        make_mlm_data([root / "train.txt"], root / name, tokenizer, MLMDataSettings(max_seq_len=32, mask=mask))
+    return {
+        "hf_mlm": hf_mlm_dir, "hf_cls": hf_cls_dir, "root": root, "masked": root / "masked", "unmasked": root / "unmasked",
+        "sbert_mlm": convert_weights(hf_mlm_dir, root / "sbert-mlm", probe=False).destination,
+        "sbert_cls": convert_weights(hf_cls_dir, root / "sbert-cls", probe=False).destination,
+    }
+
+
+# --- helpers that break a copy of a good input inside the case's folder
+
+
+def copy(inputs, key: str, ws: Path, name: str | None = None) -> Path:
+    return Path(shutil.copytree(inputs[key], ws / (name or key)))
+
+
+def edit_json(path: Path, change) -> Path:
+    """Rewrite a JSON file with change(data): a dict of fields to set, or a function returning the new content."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data = change(data) if callable(change) else {**data, **change}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def model_with_config(inputs, ws: Path, key: str = "hf_cls", **changes) -> str:
+    model = copy(inputs, key, ws, "model")
+    edit_json(model / "config.json", changes)
+    return str(model)
+
+
+def shards_with_manifest(inputs, ws: Path, change, key: str = "masked") -> str:
+    data = copy(inputs, key, ws, "data")
+    edit_json(data / "manifest.json", change)
+    return str(data)
+
+
+def shards_with_array(inputs, ws: Path, array: str, change, key: str = "masked") -> str:
+    data = copy(inputs, key, ws, "data")
+    path = data / "shard-00000" / f"{array}.npy"
+    np.save(path, change(np.load(path)))
+    return str(data)
+
+
+def vocab_edited(inputs, ws: Path, change, key: str = "hf_mlm") -> str:
+    model = copy(inputs, key, ws, "model")
+    lines = (model / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    (model / "vocab.txt").write_text("\n".join(change(lines)) + "\n", encoding="utf-8")
+    return str(model)
+
+
+def with_tensor(inputs, ws: Path, value: float, key: str = "sbert_mlm") -> str:
+    from safetensors.torch import load_file, save_file
+
+    model = copy(inputs, key, ws, "model")
+    state = load_file(model / "model.safetensors")
+    name = next(k for k in sorted(state) if ".1." in k and state[k].ndim == 2)  # a matrix of the second layer
+    state[name][0, 0] = value
+    save_file(state, model / "model.safetensors")
+    return str(model)
+
+
+def write(ws: Path, name: str, content: str | bytes) -> str:
+    path = ws / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return str(path)
+
+
+def earlier_output(inputs, ws: Path) -> str:
+    """A folder holding an earlier make-mlm-data run and a file of the user's."""
+    out = copy(inputs, "masked", ws, "out")
+    (out / "photo.jpg").write_bytes(b"\xff\xd8 the user's photo")
+    return str(out)
+
+
+# --- the table: name -> (function(inputs, ws) -> (argv, stdin), what the error line must name)
+
+CASES: dict[str, tuple] = {}
+
+
+def case(name: str, *names: str):
+    def register(build):
+        assert name not in CASES
+        CASES[name] = (build, names)
+        return build
+    return register
+
+
+def mlm_data(ws, inputs, *options):
+    return ["make-mlm-data", str(inputs["root"] / "train.txt"), "--out", str(ws / "out"), *options], None
+
+
+def fill(inputs, *options, model=None):
+    return ["fill-mask", "--model", str(model or inputs["hf_mlm"]), *options], None
+
+
+# numeric options: a range that says why, checked before any folder is made
+case("dupe-factor 1e9", "--dupe-factor", "--no-mask")(lambda i, ws: mlm_data(ws, i, "--dupe-factor", "1000000000"))
+case("masked-lm-prob 5", "--masked-lm-prob")(lambda i, ws: mlm_data(ws, i, "--masked-lm-prob", "5"))
+case("masked-lm-prob nan", "--masked-lm-prob")(lambda i, ws: mlm_data(ws, i, "--masked-lm-prob", "nan"))
+case("max-predictions 1e12", "--max-predictions")(lambda i, ws: mlm_data(ws, i, "--max-predictions", str(10**12)))
+case("make-mlm-data seed -1", "--seed")(lambda i, ws: mlm_data(ws, i, "--seed", "-1"))
+case("shard-size 1e12", "--shard-size")(lambda i, ws: mlm_data(ws, i, "--shard-size", str(10**12)))
+case("max-seq-len 1e9", "--max-seq-len")(lambda i, ws: mlm_data(ws, i, "--max-seq-len", str(10**9)))
+case("dupe-factor 1e9 --force keeps earlier output", "--dupe-factor")(
+    lambda i, ws: (["make-mlm-data", str(i["root"] / "train.txt"), "--out", earlier_output(i, ws), "--force",
+                    "--dupe-factor", "1000000000"], None))
+case("joint top-k 1e9", "--top-k", "--joint")(lambda i, ws: fill(i, "--joint", "--top-k", "1000000000", "我[MASK][MASK]你"))
+case("top-k above the vocab", "--top-k", "21,128")(lambda i, ws: fill(i, "--top-k", "1000000000", "我[MASK]你"))
+case("fill-mask batch-size 1e12", "--batch-size")(lambda i, ws: fill(i, "--batch-size", str(10**12), "我[MASK]你"))
+case("fill-mask on-bad-lines maybe", "--on-bad-lines")(lambda i, ws: fill(i, "--on-bad-lines", "maybe", "我[MASK]你"))
+case("predict batch-size 1e12", "--batch-size")(
+    lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "--batch-size", str(10**12), "你好"], None))
+case("eval batch-size 1e12", "--batch-size")(
+    lambda i, ws: (["eval", "--model", str(i["hf_cls"]), "--data", str(i["root"] / "cls.tsv"), "--out", str(ws / "report"),
+                    "--batch-size", str(10**12)], None))
+case("eval seed -1", "--seed")(
+    lambda i, ws: (["eval", "--model", str(i["sbert_mlm"]), "--task", "mlm", "--data", str(i["root"] / "train.txt"),
+                    "--out", str(ws / "report"), "--seed", "-1"], None))
+case("train-cls batch-size 1e12", "--batch-size", "--grad-accum")(
+    lambda i, ws: (TRAIN_CLS + ["--train", str(i["root"] / "train.tsv"), "--out", str(ws / "run"), "--batch-size", str(10**12)], None))
+case("train-cls grad-accum 1e9", "--grad-accum")(
+    lambda i, ws: (TRAIN_CLS + ["--train", str(i["root"] / "train.tsv"), "--out", str(ws / "run"), "--grad-accum", str(10**9)], None))
+case("train-cls epochs 1e9", "--epochs")(
+    lambda i, ws: (TRAIN_CLS[:3] + ["--epochs", str(10**9), "--train", str(i["root"] / "train.tsv"), "--out", str(ws / "run")], None))
+case("train-cls weight-decay nan", "--weight-decay")(
+    lambda i, ws: (TRAIN_CLS + ["--train", str(i["root"] / "train.tsv"), "--out", str(ws / "run"), "--weight-decay", "nan"], None))
+case("pretrain max-steps 1e15", "--max-steps")(
+    lambda i, ws: (PRETRAIN + ["--data", str(i["root"] / "masked"), "--out", str(ws / "run"), "--max-steps", str(10**15)], None))
+case("pretrain seed -1", "--seed")(
+    lambda i, ws: (PRETRAIN + ["--data", str(i["root"] / "masked"), "--out", str(ws / "run"), "--seed", "-1"], None))
+
+
+# config.json: types, ranges, label maps
+def predict_with_config(**changes):
+    return lambda i, ws: (["predict", "--model", model_with_config(i, ws, **changes), "你好"], None)
+
+
+for label, changes, field in [
+    ("hidden_size -64", dict(hidden_size=-64), "hidden_size"),
+    ("hidden_size 32.0", dict(hidden_size=32.0), "hidden_size"),
+    ("vocab_size -1", dict(vocab_size=-1), "vocab_size"),
+    ("num_attention_heads 0", dict(num_attention_heads=0), "num_attention_heads"),
+    ("num_attention_heads 5 does not divide 32", dict(num_attention_heads=5), "num_attention_heads"),
+    ("layer_norm_eps abc", dict(layer_norm_eps="abc"), "layer_norm_eps"),
+    ("hidden_dropout_prob 5", dict(hidden_dropout_prob=5), "hidden_dropout_prob"),
+    ("id2label a list", dict(id2label=["a", "b", "c"]), "id2label"),
+    ("id2label keys not ids", dict(id2label={"a": "x", "b": "y", "c": "z"}), "id2label"),
+    ("id2label with a gap", dict(id2label={"0": "x", "1": "y", "5": "z"}), "id2label"),
+    ("id2label a name twice", dict(id2label={"0": "x", "1": "x", "2": "z"}), "id2label"),
+    ("num_labels 10 with 3 names", dict(num_labels=10), "num_labels"),
+    ("num_labels 1e9 without names", dict(id2label=None, num_labels=10**9), "num_labels"),
+    ("pad_token_id past the vocab", dict(pad_token_id=10**9), "pad_token_id"),
+    ("max_position_embeddings 0", dict(max_position_embeddings=0), "max_position_embeddings"),
+    ("hidden_size true", dict(hidden_size=True), "hidden_size"),
+]:
+    case(f"config.json {label}", "config.json", field)(predict_with_config(**changes))
+case("config.json a list", "config.json")(
+    lambda i, ws: (["predict", "--model", str(edit_json(copy(i, "hf_cls", ws, "model") / "config.json", lambda d: [d]).parent), "x"], None))
+case("convert-weights from a broken config", "config.json", "num_attention_heads")(
+    lambda i, ws: (["convert-weights", model_with_config(i, ws, "hf_mlm", num_attention_heads=0), str(ws / "dst"), "--no-probe"], None))
+
+# sbert.json
+for label, content, field in [
+    ("a list", [1], "JSON object"),
+    ("heads a string", {"format": 1, "task": "mlm", "heads": "mlm"}, "heads"),
+    ("task a number", {"format": 1, "task": 5, "heads": ["mlm"]}, "task"),
+    ("max_seq_len a string", {"format": 1, "task": "mlm", "heads": ["mlm"], "max_seq_len": "abc"}, "max_seq_len"),
+    ("format from the future", {"format": 99, "task": "mlm", "heads": ["mlm"]}, "format"),
+]:
+    case(f"sbert.json {label}", "sbert.json", field)(
+        lambda i, ws, content=content: fill(i, "我[MASK]你", model=edit_json(copy(i, "sbert_mlm", ws, "model") / "sbert.json", lambda _: content).parent))
+
+# weights
+case("NaN weight", "model.safetensors", "bert.layers.1.", "NaN")(lambda i, ws: fill(i, "我[MASK]你", model=with_tensor(i, ws, float("nan"))))
+case("infinite weight in an HF dir", "model.safetensors", "NaN or infinite")(
+    lambda i, ws: (["predict", "--model", with_tensor(i, ws, float("inf"), "hf_cls"), "你好"], None))
+
+# vocab.txt
+case("vocab.txt with a second [CLS]", "vocab.txt:201", "[CLS]", "twice")(
+    lambda i, ws: fill(i, "我[MASK]你", model=vocab_edited(i, ws, lambda lines: lines[:200] + ["[CLS]"] + lines[201:])))
+case("vocab.txt shorter than vocab_size", "vocab.txt", "vocab_size")(
+    lambda i, ws: fill(i, "我[MASK]你", model=vocab_edited(i, ws, lambda lines: lines[:-100])))
+case("vocab.txt longer than vocab_size", "vocab.txt", "vocab_size")(
+    lambda i, ws: fill(i, "我[MASK]你", model=vocab_edited(i, ws, lambda lines: lines + [f"extra{n}" for n in range(10)])))
+case("convert-weights from a vocab with duplicates", "vocab.txt:", "'的' is listed twice (first on line 301)")(
+    lambda i, ws: (["convert-weights", vocab_edited(i, ws, lambda lines: lines[:300] + ["的"] + lines[301:]), str(ws / "dst"), "--no-probe"], None))
+case("make-mlm-data --vocab with duplicates", "dup.txt:11", "twice")(
+    lambda i, ws: mlm_data(ws, i, "--vocab", write(ws, "dup.txt", "".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "的", "了", "是", "在", "有", "是"]))))
+
+
+# manifest.json: shapes, types, shard names that stay inside the data dir
+def pretrain_on(data_builder, *extra):
+    return lambda i, ws: (PRETRAIN + list(extra) + ["--data", data_builder(i, ws), "--out", str(ws / "run")], None)
+
+
+for label, change, field, key in [
+    ("a list", lambda m: [m], "manifest.json", "masked"),
+    ("shards a string", {"shards": "shard-00000"}, "shards", "masked"),
+    ("shard entries strings", lambda m: {**m, "shards": ["shard-00000"]}, "shards[0]", "masked"),
+    ("settings null", {"settings": None}, "settings", "masked"),
+    ("max_seq_len a string", {"max_seq_len": "abc"}, "max_seq_len", "masked"),
+    ("masked a string", {"masked": "yes"}, "masked", "masked"),
+    ("sequences a string", lambda m: {**m, "shards": [{**m["shards"][0], "sequences": "40"}]}, "sequences", "masked"),
+    ("shard name ../other", lambda m: {**m, "shards": [{**m["shards"][0], "name": "../other/shard-00000"}]}, "shards[0].name", "masked"),
+    ("shard name absolute", lambda m: {**m, "shards": [{**m["shards"][0], "name": "/etc"}]}, "shards[0].name", "masked"),
+    ("settings.masked_lm_prob 5", lambda m: {**m, "settings": {**m["settings"], "masked_lm_prob": 5}}, "settings.masked_lm_prob", "unmasked"),
+]:
+    extra = ("--dynamic-masking",) if key == "unmasked" else ()
+    case(f"manifest.json {label}", "manifest.json", field)(
+        pretrain_on(lambda i, ws, change=change, key=key: shards_with_manifest(i, ws, change, key), *extra))
+case("eval on a manifest pointing outside its dir", "manifest.json", "shards[0].name")(
+    lambda i, ws: (["eval", "--model", str(i["sbert_mlm"]), "--task", "mlm", "--out", str(ws / "report"), "--data",
+                    shards_with_manifest(i, ws, lambda m: {**m, "shards": [{**m["shards"][0], "name": "../masked/shard-00000"}]})], None))
+
+# shard arrays: dtypes, offsets, ids and positions in range
+for label, array, change, key in [
+    ("token ids past the vocab", "input_ids", lambda a: np.where(np.arange(len(a)) == 3, 30000, a).astype(np.int32), "masked"),
+    ("labels past the vocab", "masked_labels", lambda a: a.astype(np.int32) + 30000, "masked"),
+    ("masked positions past the sequence", "masked_positions", lambda a: (a + 200).astype(np.uint16), "masked"),
+    ("float offsets", "offsets", lambda a: a.astype(np.float64), "masked"),
+    ("offsets that decrease", "offsets", lambda a: np.concatenate([[0], a[2:3], a[1:2], a[3:]]), "masked"),
+    ("2-D token ids", "input_ids", lambda a: a.reshape(1, -1), "masked"),
+    ("word ids of -5", "word_ids", lambda a: np.where(a >= 0, -5, a).astype(a.dtype), "unmasked"),
+    ("float word ids", "word_ids", lambda a: a.astype(np.float32), "unmasked"),
+]:
+    extra = ("--dynamic-masking",) if key == "unmasked" else ()
+    case(f"shard {label}", f"{array}.npy")(pretrain_on(lambda i, ws, a=array, c=change, k=key: shards_with_array(i, ws, a, c, k), *extra))
+case("eval on token ids past the vocab", "input_ids.npy")(
+    lambda i, ws: (["eval", "--model", str(i["sbert_mlm"]), "--task", "mlm", "--out", str(ws / "report"), "--data",
+                    shards_with_array(i, ws, "input_ids", lambda a: a.astype(np.int32) + 30000)], None))
+
+# text decoding: lone surrogates, invalid UTF-8 on stdin and in arguments, a CSV without header, a folder
+SURROGATE = '{"text": "a\\ud800b", "label": "finance"}\n'
+case("lone surrogate in a JSONL text (train-cls)", "sur.jsonl:1", "surrogate")(
+    lambda i, ws: (TRAIN_CLS + ["--train", write(ws, "sur.jsonl", SURROGATE + '{"text": "b", "label": "sports"}\n'), "--out", str(ws / "run")], None))
+case("lone surrogate in a JSONL text (eval)", "sur.jsonl:1", "surrogate")(
+    lambda i, ws: (["eval", "--model", str(i["hf_cls"]), "--data", write(ws, "sur.jsonl", SURROGATE), "--out", str(ws / "report")], None))
+case("lone surrogate in a JSONL text (predict)", "sur.jsonl:2", "surrogate")(
+    lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "--file", write(ws, "sur.jsonl", '{"text": "ok"}\n' + SURROGATE)], None))
+case("lone surrogate in a JSONL label", "sur.jsonl:1", "surrogate")(
+    lambda i, ws: (["eval", "--model", str(i["hf_cls"]), "--data", write(ws, "sur.jsonl", '{"text": "ab", "label": "fin\\udc00"}\n'), "--out", str(ws / "report")], None))
+case("lone surrogate in a JSONL text (make-mlm-data)", "sur.jsonl:1", "surrogate")(
+    lambda i, ws: (["make-mlm-data", write(ws, "sur.jsonl", SURROGATE), "--out", str(ws / "out")], None))
+case("invalid UTF-8 on stdin (fill-mask)", "<stdin>:1", "not valid UTF-8")(lambda i, ws: (fill(i)[0], b"\xff\xfe[MASK]\n"))
+case("invalid UTF-8 on stdin (predict)", "<stdin>:2", "not valid UTF-8")(
+    lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "--format", "tsv"], b"ok\n\xff\xfe\n"))
+case("NUL byte on stdin (predict)", "<stdin>:1", "NUL")(lambda i, ws: (["predict", "--model", str(i["hf_cls"])], b"a\x00b\n"))
+case("invalid UTF-8 in --file (fill-mask)", "bad.txt:2", "not valid UTF-8")(
+    lambda i, ws: fill(i, "--file", write(ws, "bad.txt", b"a[MASK]\n\xff[MASK]\n")))
+case("invalid UTF-8 in an argument (fill-mask)", "argument 1", "not valid UTF-8")(lambda i, ws: fill(i, "\udcff[MASK]"))
+case("invalid UTF-8 in an argument (predict)", "argument 2", "not valid UTF-8")(
+    lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "好", "\udcff\udcfe"], None))
+case("CSV without a header (train-cls)", "nohead.csv:1", "header")(
+    lambda i, ws: (TRAIN_CLS + ["--train", write(ws, "nohead.csv", "好看的电影,pos\n难看的电影,neg\n不错,pos\n"), "--out", str(ws / "run")], None))
+case("CSV without a header (eval)", "nohead.csv:1", "header")(
+    lambda i, ws: (["eval", "--model", str(i["hf_cls"]), "--data", write(ws, "nohead.csv", "涨了,finance\n赢了,sports\n"), "--out", str(ws / "report")], None))
+case("--train given a folder", "is a folder")(
+    lambda i, ws: (TRAIN_CLS + ["--train", str(i["root"]), "--out", str(ws / "run")], None))
+case("--file given a folder (fill-mask)", "is a directory")(lambda i, ws: fill(i, "--file", str(i["root"])))
+case("a text longer than the model, after the results before it", "long.txt:2", "--truncate")(
+    lambda i, ws: fill(i, "--file", write(ws, "long.txt", "我[MASK]你\n" + "很" * 300 + "[MASK]\n")))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_input_is_one_clean_error_and_changes_nothing(name, inputs, tmp_path, monkeypatch):
+    build, names = CASES[name]
+    ws = tmp_path / "case"
+    ws.mkdir()
+    argv, stdin = build(inputs, ws)
+    monkeypatch.chdir(ws)  # a default output folder would land here, and show up below
+    before = _snapshot(ws)
+    result = runner.invoke(app, argv, input=stdin)
+    one_line_error(result, *names)
+    assert _snapshot(ws) == before, "the case's folder changed"
+    if name.startswith("a text longer"):
+        assert "我[MASK]你" in result.stdout  # the text before the bad one was answered first
+
+
+def test_the_table_holds_at_least_40_cases():
+    assert len(CASES) >= 40
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+# --- what is accepted, instead of refused
+
+
+def test_fill_mask_skips_or_truncates_bad_lines_and_says_how_many(inputs, tmp_path):
+    path = write(tmp_path, "texts.txt", "我[MASK]你\n没有掩码\n" + "很" * 300 + "[MASK]\n" + "[MASK]" + "很" * 300 + "\n")
+    skip = runner.invoke(app, ["fill-mask", "--model", str(inputs["hf_mlm"]), "--json", "--file", path, "--on-bad-lines", "skip"])
+    assert skip.exit_code == 0, skip.output
+    assert [json.loads(line)["text"] for line in skip.stdout.splitlines()] == ["我[MASK]你"]
+    assert "skipped 3 texts" in skip.stderr and f"{path}:2: no [MASK]" in skip.stderr
+    cut = runner.invoke(app, ["fill-mask", "--model", str(inputs["hf_mlm"]), "--json", "--file", path,
+                              "--on-bad-lines", "skip", "--truncate"])
+    assert cut.exit_code == 0, cut.output
+    answered = [json.loads(line) for line in cut.stdout.splitlines()]
+    assert answered[0]["text"] == "我[MASK]你" and answered[1]["text"].startswith("[MASK]很很")  # a [MASK] past the cut: skipped
+    assert answered[1]["masks"][0]["position"] == 1 and "skipped 2 texts" in cut.stderr
+
+
+def test_fill_mask_streams_results_before_the_input_ends(inputs):
+    from sbert_cli.tasks.mlm import stream_fill_mask
+
+    def texts():
+        for n in range(5):
+            yield "我[MASK]你", f"line {n}"
+        raise RuntimeError("the input has not ended")
+
+    answered = []
+    with pytest.raises(RuntimeError):
+        answered.extend(stream_fill_mask(inputs["hf_mlm"], texts(), top_k=2, chunk_size=2, precision="fp32"))
+    assert len(answered) == 4  # two whole chunks came out while the input was still being read
+
+
+def test_valid_configs_and_label_maps_still_load(inputs, tmp_path):
+    model = model_with_config(inputs, tmp_path, id2label={0: "finance", 1: "sports", 2: "game"}, num_labels=3,
+                              layer_norm_eps=1e-12, classifier_dropout=None)
+    result = runner.invoke(app, ["predict", "--model", model, "--format", "tsv", "涨停"])
+    assert result.exit_code == 0, result.output
+    csv = write(tmp_path, "with-header.csv", "text,label\n涨了,finance\n")
+    assert runner.invoke(app, ["eval", "--model", model, "--data", csv, "--json"]).exit_code == 0
+
+
+# --- the worst option values under a memory cap: a clean error, or a clamped run that finishes
+
+WORST = """
+import json, sys
+from typer.testing import CliRunner
+from sbert_cli.cli import app
+runner = CliRunner()
+out = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    result = runner.invoke(app, argv)
+    out[name] = [result.exit_code, result.output, type(result.exception).__name__]
+print(json.dumps(out))
+"""
+ADDRESS_SPACE = 3 * 1024**3
+
+
+def test_worst_option_values_stay_within_3_gb_and_finish(inputs, tmp_path):
+    root = str(inputs["root"])
+    text, mlm, cls = f"{root}/train.txt", str(inputs["hf_mlm"]), str(inputs["hf_cls"])
+    runs = {
+        "workers 10000": ["make-mlm-data", text, "--out", str(tmp_path / "w"), "--workers", "10000", "--max-seq-len", "32"],
+        "dupe-factor 1e9": ["make-mlm-data", text, "--out", str(tmp_path / "d"), "--dupe-factor", "1000000000"],
+        "dupe-factor at its limit": ["make-mlm-data", text, "--out", str(tmp_path / "dmax"), "--dupe-factor", "100"],
+        "masked-lm-prob 5": ["make-mlm-data", text, "--out", str(tmp_path / "p"), "--masked-lm-prob", "5"],
+        "joint top-k 1e9": ["fill-mask", "--model", mlm, "--joint", "--top-k", "1000000000", "我[MASK][MASK]你"],
+        "joint top-k at its limit": ["fill-mask", "--model", mlm, "--joint", "--top-k", "100", "--json", "我[MASK][MASK]你"],
+        "fill-mask batch-size 1e12": ["fill-mask", "--model", mlm, "--batch-size", str(10**12), "我[MASK]你"],
+        "many masks at batch-size 4096": ["fill-mask", "--model", mlm, "--batch-size", "4096", "--json", "[MASK]" * 120],
+        "predict batch-size 1e12": ["predict", "--model", cls, "--batch-size", str(10**12), "你好"],
+        "eval batch-size 1e12": ["eval", "--model", cls, "--data", f"{root}/cls.tsv", "--batch-size", str(10**12)],
+        "grad-accum 1e9": TRAIN_CLS + ["--train", f"{root}/train.tsv", "--out", str(tmp_path / "g"), "--grad-accum", str(10**9)],
+    }
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    done = subprocess.run([sys.executable, "-c", WORST, json.dumps(runs)], capture_output=True, text=True, check=False,
+                          timeout=240, preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    finishing = {"workers 10000", "dupe-factor at its limit", "joint top-k at its limit", "many masks at batch-size 4096"}
+    for name, (code, output, exception) in results.items():
+        assert "Traceback" not in output and exception in ("NoneType", "SystemExit"), (name, output[-1000:])
+        assert code == (0 if name in finishing else 1), (name, output[-1000:])
+    assert "note: --workers 10000: this process may use" in results["workers 10000"][1]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "p").exists() and not (tmp_path / "g").exists()
