@@ -154,7 +154,7 @@ def test_the_one_encode_path_equals_the_tokenizer_on_thucnews(thucnews_dev, max_
 
     tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
     texts = [line.split("\t")[0] for line in thucnews_dev.read_text(encoding="utf-8").splitlines()]
-    texts += ["Hello World！😀 你好 [MASK] café", "a\nb 中文", "", "   "]
+    texts += ["Hello World！😀 你好 [MASK] café", "a\nb 中文", "", "   ", "\ud800", "a\ud800b中"]
     expected = [e.ids for e in tokenizer.encode_batch(texts, max_length=max_length)]
     ids, types = tokenizer.encode_with_types(texts, None, max_length)
     assert ids == expected and types is None

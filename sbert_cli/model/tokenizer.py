@@ -131,7 +131,10 @@ class BertTokenizer:
         texts = list(texts)
         if not texts:
             return [], None
-        flat = self.flat_encoder.encode(texts)
+        try:
+            flat = self.flat_encoder.encode(texts)
+        except UnicodeEncodeError:  # a lone surrogate: the flat path needs encodable text; the tokenizer copes
+            return [e.ids for e in self._encodings(texts, None, max_length)], None
         ends = np.cumsum(flat.token_counts)
         kept = flat.token_counts if not max_length else np.minimum(flat.token_counts, max_length - 2)
         ids = flat.ids.tolist()
