@@ -60,7 +60,9 @@ CONTROL = st.sampled_from(["\x00", "\x01", "\x07", "\t", "\n", "\r", "\x0b", "\x
                            "\u200b", "\u200d", "\u2028", "\u3000", "\ufeff", "\ufffd", "\ue000"])
 ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 SPECIALS = st.sampled_from(["[MASK]", "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[mask]", "[MASK", " [MASK] "])
-PIECES = st.one_of(CJK, FULL_WIDTH, EMOJI, ACCENTED, CONTROL, ASCII, SPECIALS, st.characters())
+# Lone surrogates (category Cs) are left out: the Rust tokenizer (and transformers' fast tokenizer, the reference)
+# cannot take them at all; ours drops them as BERT's text cleaning does (test_the_one_encode_path_...).
+PIECES = st.one_of(CJK, FULL_WIDTH, EMOJI, ACCENTED, CONTROL, ASCII, SPECIALS, st.characters(exclude_categories=("Cs",)))
 TEXTS = st.lists(PIECES, max_size=40).map("".join)
 
 
@@ -155,9 +157,10 @@ def test_the_one_encode_path_equals_the_tokenizer_on_thucnews(thucnews_dev, max_
     tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
     texts = [line.split("\t")[0] for line in thucnews_dev.read_text(encoding="utf-8").splitlines()]
     texts += ["Hello World！😀 你好 [MASK] café", "a\nb 中文", "", "   ", "\ud800", "a\ud800b中"]
-    expected = [e.ids for e in tokenizer.encode_batch(texts, max_length=max_length)]
+    clean = [t.replace("\ud800", "") for t in texts]  # lone surrogates are dropped, as BERT's text cleaning does
+    expected = [e.ids for e in tokenizer.encode_batch(clean, max_length=max_length)]
     ids, types = tokenizer.encode_with_types(texts, None, max_length)
     assert ids == expected and types is None
     pairs = ["体育新闻"] * len(texts)
     ids, types = tokenizer.encode_with_types(texts, pairs, max_length)
-    assert ids == [e.ids for e in tokenizer.encode_batch(texts, pairs=pairs, max_length=max_length)]
+    assert ids == [e.ids for e in tokenizer.encode_batch(clean, pairs=pairs, max_length=max_length)]

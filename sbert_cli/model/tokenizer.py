@@ -8,6 +8,7 @@ written literally in the text (a "[MASK]" typed by the user) are kept as single 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,13 @@ def read_vocab(path: str | Path) -> dict[str, int]:
     if missing:
         raise ModelLoadError(f"{path}: vocab lacks the special tokens {', '.join(missing)}; is this a BERT vocab.txt?")
     return vocab
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _drop_surrogates(text: str) -> str:
+    return _SURROGATES.sub("", text)
 
 
 class BertTokenizer:
@@ -125,16 +133,20 @@ class BertTokenizer:
         """(ids, token type ids or None) with [CLS]/[SEP]: the one way text becomes model input, in training,
         eval, predict and embed alike. Single texts take the flat path (flat_encode.py): the same ids as the
         tokenizer, several times faster on Chinese; pairs go through the tokenizer's pair template."""
-        if pairs is not None:
-            encodings = self._encodings(texts, pairs, max_length)
-            return [e.ids for e in encodings], [e.type_ids for e in encodings]
         texts = list(texts)
-        if not texts:
-            return [], None
         try:
+            if pairs is not None:
+                encodings = self._encodings(texts, pairs, max_length)
+                return [e.ids for e in encodings], [e.type_ids for e in encodings]
+            if not texts:
+                return [], None
             flat = self.flat_encoder.encode(texts)
-        except UnicodeEncodeError:  # a lone surrogate: the flat path needs encodable text; the tokenizer copes
-            return [e.ids for e in self._encodings(texts, None, max_length)], None
+        except (UnicodeEncodeError, TypeError):
+            # A lone surrogate (U+D800-U+DFFF) cannot be encoded; BERT's text cleaning drops it (category Cs), so do that.
+            cleaned = [_drop_surrogates(t) for t in texts]
+            if cleaned == texts:
+                raise
+            return self.encode_with_types(cleaned, None if pairs is None else [_drop_surrogates(p) for p in pairs], max_length)
         ends = np.cumsum(flat.token_counts)
         kept = flat.token_counts if not max_length else np.minimum(flat.token_counts, max_length - 2)
         ids = flat.ids.tolist()
