@@ -57,11 +57,14 @@ class ServeOptions:
     graceful_timeout_s: float = 30.0  # on SIGINT/SIGTERM: how long in-flight requests may take to finish
 
     def validate(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_texts", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms must be 0 or more, not {self.max_wait_ms}")
+        from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
+
+        check_range("--max-batch-size", self.max_batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+        # Waiting texts and request bodies are held in memory: 10^6 texts or 1 GiB is far past any useful queue.
+        check_range("--max-queue", self.max_queue, 1, 1_000_000, "waiting texts are held in memory")
+        check_range("--max-texts", self.max_texts, 1, 1_000_000, "a request's texts are held in memory")
+        check_range("--max-body-bytes", self.max_body_bytes, 1, 1 << 30, "a request body is held in memory")
+        check_range("--max-wait-ms", self.max_wait_ms, 0, 10_000, "a request waits this long for company before it runs")
         if self.max_texts > self.max_queue:
             raise ConfigError(f"--max-texts {self.max_texts} exceeds --max-queue {self.max_queue}: such a request could never be queued")
 
@@ -517,6 +520,9 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port, or ConfigError naming the problem (port in use, bad host)."""
+    from sbert_cli.limits import check_range
+
+    check_range("--port", port, 0, 65535, "TCP ports are 16-bit; 0 picks a free one")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)

@@ -154,3 +154,15 @@ def test_dir_without_weights_is_a_load_error(hf_mlm_dir, tmp_path):
     model_dir = _model_dir_with(hf_mlm_dir, tmp_path, "README.md", lambda p: p.write_text("no weights"))
     with pytest.raises(ModelLoadError, match="no model.safetensors or pytorch_model.bin"):
         read_checkpoint(model_dir)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors"])
+def test_a_shard_index_cannot_point_outside_the_model_dir(hf_mlm_dir, tmp_path, shard):
+    import json
+
+    shutil.copyfile(hf_mlm_dir / "model.safetensors", tmp_path / "outside.safetensors")
+    index = {"weight_map": {"bert.embeddings.word_embeddings.weight": shard}}
+    model_dir = _model_dir_with(hf_mlm_dir, tmp_path, "model.safetensors.index.json",
+                                lambda p: p.write_text(json.dumps(index)))
+    with pytest.raises(ModelLoadError, match="is not a file name in"):
+        read_checkpoint(model_dir)

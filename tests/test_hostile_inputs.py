@@ -153,6 +153,15 @@ case("joint top-k 1e9", "--top-k", "--joint")(lambda i, ws: fill(i, "--joint", "
 case("top-k above the vocab", "--top-k", "21,128")(lambda i, ws: fill(i, "--top-k", "1000000000", "我[MASK]你"))
 case("fill-mask batch-size 1e12", "--batch-size")(lambda i, ws: fill(i, "--batch-size", str(10**12), "我[MASK]你"))
 case("fill-mask on-bad-lines maybe", "--on-bad-lines")(lambda i, ws: fill(i, "--on-bad-lines", "maybe", "我[MASK]你"))
+case("embed batch-size 1e12", "--batch-size")(
+    lambda i, ws: (["embed", "--model", str(i["hf_cls"]), "--batch-size", str(10**12), "你好"], None))
+case("serve max-batch-size 0", "--max-batch-size")(
+    lambda i, ws: (["serve", "--model", str(i["hf_cls"]), "--max-batch-size", "0"], None))
+case("serve max-queue 1e12", "--max-queue")(
+    lambda i, ws: (["serve", "--model", str(i["hf_cls"]), "--max-queue", str(10**12)], None))
+case("serve port 70000", "--port")(lambda i, ws: (["serve", "--model", str(i["hf_cls"]), "--port", "70000"], None))
+case("predict top-k 0", "--top-k")(lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "--top-k", "0", "你好"], None))
+case("fill-mask top-k 0", "--top-k")(lambda i, ws: fill(i, "--top-k", "0", "我[MASK]你"))
 case("predict batch-size 1e12", "--batch-size")(
     lambda i, ws: (["predict", "--model", str(i["hf_cls"]), "--batch-size", str(10**12), "你好"], None))
 case("eval batch-size 1e12", "--batch-size")(

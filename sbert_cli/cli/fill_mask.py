@@ -18,13 +18,13 @@ from sbert_cli.model.hub import (
 def fill_mask_command(
     texts: Optional[list[str]] = typer.Argument(None, metavar="TEXT...", help="Texts with [MASK] where tokens are to be predicted."),
     model: str = typer.Option(DEFAULT_REPO, "--model", "-m", help="Model dir (sbert or HF) or hub repo id."),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per mask."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Candidates per mask."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text instead of tables."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="Read texts from this file, one per line ('-': stdin)."),
     joint: bool = typer.Option(
         False, "--joint", help="Decode consecutive [MASK]s together and rank whole words (most confident first)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),

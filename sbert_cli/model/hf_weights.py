@@ -219,8 +219,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ModelLoadError(f"{path}: not a valid shard index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ModelLoadError(f"{path}: weight_map must map tensor names to shard file names")
         state = {}
         for shard in sorted(set(weight_map.values())):
+            if not shard or "/" in shard or "\\" in shard or shard in (".", "..") or Path(shard).is_absolute():
+                raise ModelLoadError(f"{path}: shard {shard!r} is not a file name in {path.parent}; "
+                                     "a sharded checkpoint keeps its shards beside the index")
             state.update(read_state_dict(path.parent / shard))
         return state
     if not path.is_file():

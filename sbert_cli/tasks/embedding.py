@@ -259,8 +259,9 @@ def embedder_for(
     batch_size: int = 32,
 ) -> Embedder:
     """An Embedder over an encoder already loaded (and placed on `device`), e.g. a classifier's."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
+
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     has_pooler = not any(name.startswith(("pooler.", "bert.pooler.")) for name in initialized)
     embedder = Embedder(encoder, tokenizer, Path(model_dir), settings, has_pooler, device, precision, batch_size,
                         Runtime(str(device), precision, batch_size))
