@@ -179,3 +179,26 @@ def test_cli_bom_and_crlf_give_the_same_data_as_clean_utf8(tmp_path):
     for i in range(2):
         assert a[i].input_ids.tolist() == b[i].input_ids.tolist()
         assert a[i].word_ids.tolist() == b[i].word_ids.tolist()
+
+
+def test_one_input_layer_reads_arguments_files_gz_and_stdin_alike(tmp_path):
+    """iter_texts: what fill-mask, predict and embed read; .gz files for every reader, classification files too."""
+    import gzip
+    import io
+
+    from sbert_cli.data.classification import read_classification_file
+    from sbert_cli.data.text_input import iter_texts
+    from sbert_cli.errors import DataError
+
+    with gzip.open(tmp_path / "texts.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("第一句\n\n第二句\n")
+    assert list(iter_texts([], tmp_path / "texts.txt.gz")) == [("第一句", f"{tmp_path / 'texts.txt.gz'}:1"),
+                                                                ("第二句", f"{tmp_path / 'texts.txt.gz'}:3")]
+    assert list(iter_texts(["甲", "乙"])) == [("甲", "argument 1"), ("乙", "argument 2")]
+    stdin = io.TextIOWrapper(io.BytesIO(b"ok\n\xff\xfe bad\n"), encoding="utf-8")
+    with pytest.raises(DataError, match="<stdin>:2: .*UTF-8"):
+        list(iter_texts([], "-", stdin))
+    with gzip.open(tmp_path / "train.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write("股市大涨\tfinance\n球队夺冠\tsports\n")
+    data = read_classification_file(tmp_path / "train.tsv.gz")
+    assert data.texts == ["股市大涨", "球队夺冠"] and data.label_names == ["finance", "sports"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from sbert_cli.data.text_input import check_text, read_lines
+from sbert_cli.data.text_input import check_text, open_binary, read_lines
 from sbert_cli.errors import DataError
 
 # Column / field names recognised in CSV headers and JSONL objects, in order of preference.
@@ -165,8 +165,9 @@ def _as_int(text: str) -> int | None:
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline), tolerating a BOM and CRLF; bad UTF-8 names its line."""
-    with open(path, "rb") as f:
-        yield from read_lines(f, str(path))
+    stream, raw = open_binary(path)  # .gz too, as every reader of text
+    with raw, stream:
+        yield from read_lines(stream, str(path))
 
 
 def _tsv_rows(path, text_column, pair_column, label_column, require_labels):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.errors import DataError
 from sbert_cli.limits import is_int, is_number
 from sbert_cli.outputs import OutputDir
 from sbert_cli.model.tokenizer import BertTokenizer

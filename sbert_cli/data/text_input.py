@@ -325,3 +325,42 @@ def _describe_decode_error(raw: bytes, error: UnicodeDecodeError) -> str:
     except UnicodeDecodeError:
         return reason
     return f"{reason}; it looks like GBK: convert with `iconv -f GBK -t UTF-8`"
+
+
+def iter_texts(
+    arguments: list[str], file: str | Path | None = None, stdin: TextIO | None = None, what: str = "texts"
+) -> Iterator[tuple[str, str]]:
+    """(text, where it came from: "argument N", "FILE:LINE", "<stdin>:LINE"): the one way an inference command
+    reads its texts. The arguments; or a file: one text per non-blank line (.gz too; a .tsv or .jsonl file's text
+    column through TextReader); or stdin ("-" or piped), streamed. A missing input is an error at once."""
+    import sys
+
+    if arguments and file is not None:
+        raise ConfigError("give texts as arguments or with --file, not both")
+    if arguments:
+        return iter([(check_text(text, f"argument {i}"), f"argument {i}") for i, text in enumerate(arguments, 1)])
+    if file is None or str(file) == "-":
+        stdin = stdin if stdin is not None else sys.stdin
+        if file is None and (stdin is None or stdin.isatty()):
+            raise ConfigError(f"no input: give {what} as arguments, --file FILE, or pipe them on stdin, one per line")
+        return _non_blank(read_stdin_lines(stdin), "<stdin>", what)
+    path = check_input_files([Path(file)])[0]
+    if input_format(path) != "txt":
+        return ((text, str(path)) for text, _ in TextReader([path]))
+    return _non_blank(_file_lines(path), str(path), what)
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    stream, raw = open_binary(path)
+    with raw, stream:
+        yield from read_lines(stream, str(path))
+
+
+def _non_blank(lines: Iterator[tuple[int, str]], name: str, what: str) -> Iterator[tuple[str, str]]:
+    seen = False
+    for number, line in lines:
+        if line.strip():
+            seen = True
+            yield line, f"{name}:{number}"
+    if not seen:
+        raise DataError(f"{name}: no texts; give {what}, one per line")

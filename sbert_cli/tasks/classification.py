@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from sbert_cli.tasks.evaluate import ClassificationEvaluation
 
 
-import sys
 import time
 from typing import TYPE_CHECKING, Iterable, Iterator, TextIO
 
@@ -442,35 +441,17 @@ def read_inputs(texts: list[str], file: str | Path | None = None, stdin: TextIO 
     one text per line, streamed. An empty text or no text at all is a DataError."""
     from sbert_cli.data.classification import read_classification_file
 
+    from sbert_cli.data.text_input import iter_texts
+
     if texts and file is not None:
         raise ConfigError("give texts as arguments or with --file, not both")
-    if texts:
-        from sbert_cli.data.text_input import check_text
-
-        for i, text in enumerate(texts, 1):
-            if not text.strip():
-                raise DataError(f"argument {i}: empty text; give a non-empty text to classify")
-            check_text(text, f"argument {i}")  # bytes that were not UTF-8 reach Python as lone surrogates
-        return Inputs(iter([TextInput(text, f"argument {i}") for i, text in enumerate(texts, 1)]), len(texts))
-    if file is None or str(file) == "-":
-        stdin = stdin if stdin is not None else sys.stdin
-        if file is None and stdin.isatty():
-            raise ConfigError("no input: give texts as arguments, --file FILE, or pipe text on stdin")
-        return Inputs(_stdin_lines(stdin), None)
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise DataError(f"argument {i}: empty text; give a non-empty text to classify")
+    if texts or file is None or str(file) == "-":  # the one input layer; files keep the labelled formats below
+        items = (TextInput(text, where) for text, where in iter_texts(texts, file, stdin, what="texts to classify"))
+        return Inputs(items, len(texts) if texts else None)
     data = read_classification_file(Path(file), require_labels=False)
     pairs = data.pairs or [None] * len(data.texts)
     items = [TextInput(text, f"{file}:{line}", pair) for text, pair, line in zip(data.texts, pairs, data.line_numbers)]
     return Inputs(iter(items), len(items))
-
-
-def _stdin_lines(stream: TextIO) -> Iterator[TextInput]:
-    """One text per line; blank lines are skipped, as the file readers skip them."""
-    from sbert_cli.data.text_input import read_stdin_lines
-
-    seen = False
-    for line_number, text in read_stdin_lines(stream):
-        if text.strip():
-            seen = True
-            yield TextInput(text, f"<stdin>:{line_number}")
-    if not seen:
-        raise DataError("<stdin>: no texts; give one text per line")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, TextIO
 import numpy as np
 
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
-from sbert_cli.tasks.inference import ProgressCallback, Runtime, default_max_length
+from sbert_cli.tasks.inference import ProgressCallback, Runtime
 
 if TYPE_CHECKING:
     import torch
@@ -343,31 +342,10 @@ def embedding_json(text: str, vector: np.ndarray) -> dict:
 
 
 def read_texts(texts: list[str], file: str | Path | None = None, stdin: TextIO | None = None) -> Iterator[str]:
-    """The arguments; or the texts of a file (plain lines, TSV's first column, JSONL's "text"; .gz too,
-    streamed by the one text reader); or the non-blank lines of stdin ("-" or piped), streamed."""
-    from sbert_cli.data.text_input import TextReader
+    """The texts to embed, through the one input layer (data/text_input.iter_texts)."""
+    from sbert_cli.data.text_input import iter_texts
 
-    if texts and file is not None:
-        raise ConfigError("give texts as arguments or with --file, not both")
-    if texts:
-        return iter(texts)
-    if file is None or str(file) == "-":
-        stdin = stdin if stdin is not None else sys.stdin
-        if file is None and (stdin is None or stdin.isatty()):
-            raise ConfigError("no input: give texts as arguments, --file FILE, or pipe one text per line on stdin")
-        return _stdin_texts(stdin)
-    return (text for text, _ in TextReader([Path(file)]))
-
-
-def _stdin_texts(stream: TextIO) -> Iterator[str]:
-    seen = False
-    for line in stream:
-        text = line.rstrip("\r\n")
-        if text.strip():
-            seen = True
-            yield text
-    if not seen:
-        raise DataError("<stdin>: no texts; give one text per line")
+    return (text for text, _ in iter_texts(texts, file, stdin))
 
 
 # .npy written as rows arrive ------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
@@ -369,46 +368,10 @@ MAX_LOGITS_PER_PASS = 1 << 25
 def iter_texts(
     texts: list[str], file: str | Path | None = None, stdin: TextIO | None = None
 ) -> Iterator[tuple[str, str]]:
-    """(text, where it came from: "argument N", "FILE:LINE", "<stdin>:LINE") for the arguments, or the non-blank
-    lines of a UTF-8 file, or of stdin ("-" or piped), read lazily; a missing input is an error at once."""
-    from sbert_cli.data.text_input import check_text, read_stdin_lines
+    """fill-mask's input: text_input.iter_texts with a hint about [MASK]."""
+    from sbert_cli.data.text_input import iter_texts as read
 
-    if texts and file is not None:
-        raise ConfigError("give texts as arguments or with --file, not both")
-    if texts:
-        return iter([(check_text(text, f"argument {i}"), f"argument {i}") for i, text in enumerate(texts, 1)])
-    if file is None or str(file) == "-":
-        stdin = stdin if stdin is not None else sys.stdin
-        if file is None and (stdin is None or stdin.isatty()):
-            raise ConfigError(f"no input: give texts with {MASK_TOKEN} as arguments, --file FILE, or pipe them on stdin")
-        return _non_blank(read_stdin_lines(stdin), "<stdin>")
-    path = Path(file)
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; --file takes a text file with one text per line")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    return _file_texts(path)
-
-
-def _file_texts(path: Path) -> Iterator[tuple[str, str]]:
-    from sbert_cli.data.text_input import read_lines
-
-    try:
-        stream = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
-    with stream:
-        yield from _non_blank(read_lines(stream, str(path)), str(path))
-
-
-def _non_blank(lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[str, str]]:
-    seen = False
-    for number, line in lines:
-        if line.strip():
-            seen = True
-            yield line, f"{name}:{number}"
-    if not seen:
-        raise DataError(f"{name}: no texts; give one text with {MASK_TOKEN} per line")
+    return read(texts, file, stdin, what=f"texts with {MASK_TOKEN}")
 
 
 def read_texts(
