@@ -23,14 +23,14 @@ def _option(*names: str, help: str, panel: str | None = None, **kwargs) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
 
 
-# name: (type, option, default)
+# name: (type, option, default). The options train-cls and pretrain share.
 TRAINING_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
     "epochs": (Optional[int], _option("--epochs", help="Passes over the training data (default 3; --max-steps overrides).", panel=TRAINING), None),
     "max_steps": (Optional[int], _option("--max-steps", help="Stop after this many optimizer steps.", panel=TRAINING), None),
     "batch_size": (int, _option("--batch-size", "-b", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", panel=TRAINING), 32),
     "grad_accum": (int, _option("--grad-accum", help="Micro-batches accumulated per optimizer step.", panel=TRAINING), 1),
     "weight_decay": (float, _option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", panel=TRAINING), 0.01),
-    "warmup_ratio": (float, _option("--warmup-ratio", help="Linear warmup over this share of the steps.", panel=TRAINING), 0.1),
+    "warmup_ratio": (Optional[float], _option("--warmup-ratio", help="Linear warmup over this share of the steps (default: chosen with the lr, 0.1).", panel=TRAINING), None),
     "warmup_steps": (Optional[int], _option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", panel=TRAINING), None),
     "schedule": (str, _option("--schedule", help="After warmup: linear, cosine or constant.", panel=TRAINING), "linear"),
     "max_grad_norm": (float, _option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", panel=TRAINING), 1.0),
@@ -43,6 +43,8 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
     "resume": (bool, _option("--resume", help="Continue from the latest checkpoint in --out (same data, batch size and processes).", panel=RUN), False),
     "force": (bool, _option("--force", help="Start over in a non-empty --out, removing only what an earlier run wrote there.", panel=RUN), False),
     "plot": (bool, _option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", panel=RUN), True),
+    "precision": (str, _option("--precision", help="auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", panel=HARDWARE), "auto"),
+    "device": (str, _option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", panel=HARDWARE), "auto"),
     "dist_timeout": (float, _option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", panel=HARDWARE), 600.0),
 }
 

@@ -9,36 +9,10 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
+from sbert_cli.cli.options import RUN, TRAINING, TRAINING_OPTIONS, with_options
 from sbert_cli.cli.progress import training_progress
 from sbert_cli.tasks.lr_rule import rule_help
 
-TRAINING = "Training"
-RUN = "Run dir, checkpoints and evaluation"
-HARDWARE = "Device and precision"
-
-# Options both training commands share, declared once.
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Passes over the training data (default 3; --max-steps overrides).", rich_help_panel=TRAINING)]
-MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.", rich_help_panel=TRAINING)]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", rich_help_panel=TRAINING)]
-GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-batches accumulated per optimizer step.", rich_help_panel=TRAINING)]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", rich_help_panel=TRAINING)]
-WarmupRatio = Annotated[Optional[float], typer.Option("--warmup-ratio", help="Linear warmup over this share of the steps (default: chosen with the lr, 0.1).", rich_help_panel=TRAINING)]
-WarmupSteps = Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", rich_help_panel=TRAINING)]
-Schedule = Annotated[str, typer.Option("--schedule", help="After warmup: linear, cosine or constant.", rich_help_panel=TRAINING)]
-MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", rich_help_panel=TRAINING)]
-Seed = Annotated[int, typer.Option("--seed", help="Seeds data order, dropout, masking and new weights.", rich_help_panel=TRAINING)]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)]
-EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (default: each epoch).", rich_help_panel=RUN)]
-SaveEvery = Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: at each evaluation / epoch).", rich_help_panel=RUN)]
-KeepLast = Annotated[int, typer.Option("--keep-last", help="Checkpoints kept under OUT/checkpoints.", rich_help_panel=RUN)]
-Patience = Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without improvement.", rich_help_panel=RUN)]
-LogEvery = Annotated[int, typer.Option("--log-every", help="Log loss, lr and tokens/s every N steps.", rich_help_panel=RUN)]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out (same data, batch size and processes).", rich_help_panel=RUN)]
-Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, replacing its earlier results.", rich_help_panel=RUN)]
-Plot = Annotated[bool, typer.Option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", rich_help_panel=RUN)]
-Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", rich_help_panel=HARDWARE)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", rich_help_panel=HARDWARE)]
-DistTimeout = Annotated[float, typer.Option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", rich_help_panel=HARDWARE)]
 ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
 Vocab = Annotated[Optional[Path], typer.Option("--vocab", help="With --config: vocab.txt (default: the bundled Chinese BERT vocab).")]
 
@@ -61,44 +35,25 @@ def _train_config(parameters: dict):
 
 
 @app.command("train-cls")
+@with_options(TRAINING_OPTIONS)
 def train_cls(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder with train.txt, dev.txt, test.txt (text<TAB>label) and class.txt.")] = Path("data"),
     train_file: Annotated[Optional[Path], typer.Option("--train", help="Training file (TSV, CSV with a header, or JSONL); overrides --data-dir.")] = None,
     dev_file: Annotated[Optional[Path], typer.Option("--dev", help="Dev file: picks the best model.")] = None,
     test_file: Annotated[Optional[Path], typer.Option("--test", help="Test file: reported at the end.")] = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels", help="class.txt: one label name per line (line i = label i).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to fine-tune [default: hfl/chinese-bert-wwm-ext, unless --config].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to fine-tune (default: hfl/chinese-bert-wwm-ext; none with --config).")] = None,
     config_name: ModelConfig = None,
     vocab: Vocab = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longer texts are truncated to this many tokens.")] = 128,
     metric: Annotated[str, typer.Option("--metric", help="Dev metric that picks OUT/best: accuracy or macro_f1.")] = "accuracy",
     pooling: Annotated[Optional[str], typer.Option("--pooling", help="What the classifier reads: pooler (tanh(dense([CLS])), as transformers), cls (the [CLS] vector) or mean (over tokens; suits sentence-embedding models such as m3e). Default: the model's own, else pooler. Saved in config.json.")] = None,
-    out: Out = Path("runs/cls"),
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = 32,
-    grad_accum: GradAccum = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)] = Path("runs/cls"),
     lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = None,
-    warmup_steps: WarmupSteps = None,
-    schedule: Schedule = "linear",
-    max_grad_norm: MaxGradNorm = 1.0,
-    seed: Seed = 42,
-    eval_every: EvalEvery = None,
-    save_every: SaveEvery = None,
-    keep_last: KeepLast = 2,
-    patience: Patience = None,
-    log_every: LogEvery = 10,
-    resume: Resume = False,
-    force: Force = False,
-    plot: Plot = True,
-    precision: Precision = "auto",
-    device: Device = "auto",
-    dist_timeout: DistTimeout = 600.0,
+    **shared,
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
-    config = _train_config(locals())
+    config = _train_config({**locals(), **shared})
     from sbert_cli.errors import ConfigError
     from sbert_cli.tasks.classification import DEFAULT_MODEL, ClassifierOptions, train_classifier
 
@@ -143,6 +98,7 @@ def _print_run_summary(result) -> None:
 
 
 @app.command("pretrain")
+@with_options(TRAINING_OPTIONS)
 def pretrain(
     data: Annotated[Path, typer.Option("--data", help="make-mlm-data output dir.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to continue pretraining.")] = None,
@@ -153,32 +109,12 @@ def pretrain(
     max_predictions: Annotated[Optional[int], typer.Option("--max-predictions", help="With --dynamic-masking: most predictions per sequence.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="make-mlm-data dir for held-out masked-token accuracy and perplexity.")] = None,
     eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Hold out this share of --data for evaluation (e.g. 0.01).")] = None,
-    out: Out = Path("runs/pretrain"),
-    epochs: Epochs = None,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = 32,
-    grad_accum: GradAccum = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)] = Path("runs/pretrain"),
     lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("mlm"), rich_help_panel=TRAINING)] = None,
-    weight_decay: WeightDecay = 0.01,
-    warmup_ratio: WarmupRatio = None,
-    warmup_steps: WarmupSteps = None,
-    schedule: Schedule = "linear",
-    max_grad_norm: MaxGradNorm = 1.0,
-    seed: Seed = 42,
-    eval_every: EvalEvery = None,
-    save_every: SaveEvery = None,
-    keep_last: KeepLast = 2,
-    patience: Patience = None,
-    log_every: LogEvery = 10,
-    resume: Resume = False,
-    force: Force = False,
-    plot: Plot = True,
-    precision: Precision = "auto",
-    device: Device = "auto",
-    dist_timeout: DistTimeout = 600.0,
+    **shared,
 ) -> None:
     """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""
-    config = _train_config(locals())
+    config = _train_config({**locals(), **shared})
     from sbert_cli.tasks.mlm import PretrainOptions
     from sbert_cli.tasks.mlm import pretrain as run_pretrain
     from sbert_cli.train.distributed import is_main_process
