@@ -87,3 +87,18 @@ def test_a_run_stopped_before_its_first_checkpoint_names_the_way_out(tmp_path):
     with pytest.raises(ResumeError, match="with --force to start over"):
         check_run_dir(out.path, resume=True, force=False)
     check_run_dir(out.path, resume=False, force=True)
+
+
+def test_one_vocabulary_for_inference_options(monkeypatch, hf_cls_dir):
+    """--max-seq-len, -b/--batch-size, --precision, --device and --threads wherever they apply; --max-length still works."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for command in ("eval", "predict", "fill-mask", "embed", "similar"):
+        text = runner.invoke(app, [command, "--help"]).stdout
+        for option in ("--batch-size", "-b", "--precision", "--device", "--threads"):
+            assert option in text, (command, option)
+    for command in ("eval", "predict", "embed", "similar", "serve", "train-cls"):
+        text = runner.invoke(app, [command, "--help"]).stdout
+        assert "--max-seq-len" in text and "--max-length" not in text, command
+    result = runner.invoke(app, ["predict", "-m", str(hf_cls_dir), "--max-length", "8", "--precision", "fp32", "股市大涨"])
+    assert result.exit_code == 0, result.output
+    one_line_error(runner.invoke(app, ["predict", "-m", str(hf_cls_dir), "--max-seq-len", "1", "股市"]), "--max-seq-len")

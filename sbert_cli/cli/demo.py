@@ -9,7 +9,7 @@ import typer
 
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.progress import training_progress
-from sbert_cli.cli.report import THREADS_HELP, set_threads
+from sbert_cli.cli.options import THREADS_HELP, set_threads
 from sbert_cli.demo import (  # no torch at its top: `sbert --help` stays fast
     DEFAULT_OUT,
     QUICK,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.report import INFERENCE_PRECISION_HELP, THREADS_HELP, set_threads
+from sbert_cli.cli.options import BatchSize, Device, Precision, Threads, set_threads
 from sbert_cli.model.hub import (
     DEFAULT_REPO,  # hub imports huggingface_hub only when called, so this stays light
 )
@@ -24,10 +24,10 @@ def fill_mask_command(
     joint: bool = typer.Option(
         False, "--joint", help="Decode consecutive [MASK]s together and rank whole words (most confident first)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    batch_size: BatchSize = 32,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
     truncate: bool = typer.Option(False, "--truncate", help="Cut a text longer than the model's positions to fit, instead of treating it as a bad line."),
     on_bad_lines: str = typer.Option(
         "error", "--on-bad-lines", help="error or skip: a text without [MASK] or too long for the model stops the run "

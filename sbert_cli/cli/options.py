@@ -72,3 +72,26 @@ def with_options(*groups: dict[str, tuple[Any, Any, Any]]) -> Callable:
 
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)]
+
+
+# The inference commands' options (eval, predict, fill-mask, embed, similar, serve): one spelling, one help.
+INFERENCE = "Model and inference"
+PRECISION_HELP = "auto (bf16 where the hardware does it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."
+# bf16 weights are converted once at load; int8 pays off at BERT-base size, not tiny models.
+INFERENCE_PRECISION_HELP = PRECISION_HELP.removesuffix(".") + ", or int8 (CPU: dynamic quantization of the Linear layers)."
+THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
+                "when the command starts).")
+Precision = Annotated[str, typer.Option("--precision", help=INFERENCE_PRECISION_HELP, rich_help_panel=INFERENCE)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=INFERENCE)]
+Threads = Annotated[Optional[int], typer.Option("--threads", help=THREADS_HELP, rich_help_panel=INFERENCE)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.", rich_help_panel=INFERENCE)]
+MaxSeqLen = Annotated[Optional[int], typer.Option("--max-seq-len", help="Truncate texts to this many tokens (default: the length the model was trained with, else its positions).", rich_help_panel=INFERENCE)]
+# 0.1 spelled it --max-length in eval and predict; kept, hidden, for one release.
+MaxLengthAlias = Annotated[Optional[int], typer.Option("--max-length", hidden=True)]
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads, applied before any model runs (see precision.configure_threads)."""
+    from sbert_cli.model.precision import configure_threads
+
+    configure_threads(threads)

@@ -18,20 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from sbert_cli.cli.app import app, console, err_console
-
-PRECISION_HELP = "auto (bf16 where the hardware does it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."
-# eval, predict and fill-mask: bf16 weights are converted once at load; int8 pays off at BERT-base size, not tiny models.
-INFERENCE_PRECISION_HELP = PRECISION_HELP.removesuffix(".") + ", or int8 (CPU: dynamic quantization of the Linear layers)."
-THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
-                "when the command starts).")
-
-
-def set_threads(threads: int | None) -> None:
-    """--threads, applied before any model runs (see precision.configure_threads)."""
-    from sbert_cli.model.precision import configure_threads
-
-    configure_threads(threads)
-
+from sbert_cli.cli.options import BatchSize, Device, MaxLengthAlias, MaxSeqLen, Precision, Threads, set_threads
 
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int | None = None):
@@ -66,11 +53,12 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
     force: bool = typer.Option(False, "--force", hidden=True, help="Accepted for compatibility: a report replaces its own earlier files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of tables."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Examples per forward pass."),
-    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate to this many tokens (default: the length the model was trained with, else its positions)."),
+    batch_size: BatchSize = 64,
+    precision: Precision = "auto",
+    device: Device = "auto",
+    threads: Threads = None,
+    max_seq_len: MaxSeqLen = None,
+    max_length: MaxLengthAlias = None,
     seed: int = typer.Option(12345, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
 ) -> None:
     """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
@@ -80,7 +68,7 @@ def eval_command(
     with _progress_bar("evaluating") as progress:
         result = evaluate(
             model, data, task=task, out_dir=out or default_out_dir(model, data), force=force, batch_size=batch_size,
-            precision=precision, device=device, max_length=max_length, seed=seed, progress=progress,
+            precision=precision, device=device, max_length=max_seq_len or max_length, seed=seed, progress=progress,
         )
     summary = result.to_json()
     if as_json:
@@ -179,11 +167,12 @@ def predict_command(
     top_k: int = typer.Option(1, "--top-k", "-k", help="Labels to show per text, most probable first."),
     output_format: Optional[str] = typer.Option(None, "--format", help="table, tsv or jsonl (default: table on a terminal, tsv in a pipe)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines: {\"text\": ..., \"labels\": [{\"label\": ..., \"score\": ...}]}."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Texts per forward pass."),
-    precision: str = typer.Option("auto", "--precision", help=INFERENCE_PRECISION_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate to this many tokens (default: the length the model was trained with)."),
+    batch_size: BatchSize = 64,
+    precision: Precision = "auto",
+    device: Device = "auto",
+    threads: Threads = None,
+    max_seq_len: MaxSeqLen = None,
+    max_length: MaxLengthAlias = None,
 ) -> None:
     """Classify texts: label names with probabilities."""
     from sbert_cli.errors import ConfigError
@@ -200,7 +189,8 @@ def predict_command(
         raise ConfigError(f"--format must be table, tsv or jsonl, not {output_format!r}")
     inputs = read_inputs(texts or [], file)  # before loading the model: a missing input fails fast
     set_threads(threads)
-    classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
+    classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device,
+                                 max_length=max_seq_len or max_length)
     with _progress_bar("predicting", inputs.total) as progress:
         predictions = predict_stream(classifier, inputs.items, top_k, progress=progress)
         if output_format == "table":

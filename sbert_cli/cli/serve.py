@@ -12,18 +12,15 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console, err_console
-from sbert_cli.cli.report import PRECISION_HELP, _progress_bar
+from sbert_cli.cli.options import INFERENCE, BatchSize, Device, MaxSeqLen, Precision, Threads, set_threads
+from sbert_cli.cli.report import _progress_bar
 
-INFERENCE = "Model and inference"
 FORMATS = ("jsonl", "npy", "tsv")
 SUFFIX_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv"}
 
 # Options the three commands share, declared once.
 Model = Annotated[str, typer.Option("--model", "-m", help="Model dir (sbert, Hugging Face or sentence-transformers) or hub repo id.", rich_help_panel=INFERENCE)]
 Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean (over real tokens), cls or pooler. Default: a sentence-transformers dir's own, else mean.", rich_help_panel=INFERENCE)]
-MaxSeqLen = Annotated[Optional[int], typer.Option("--max-seq-len", help="Truncate texts to this many tokens (default: the model's: sentence-transformers config, trained length, else its positions).", rich_help_panel=INFERENCE)]
-Precision = Annotated[str, typer.Option("--precision", help=PRECISION_HELP, rich_help_panel=INFERENCE)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=INFERENCE)]
 
 
 def _output_format(out: Path | None, output_format: str | None) -> str:
@@ -49,9 +46,10 @@ def embed_command(
     pooling: Pooling = None,
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise the vectors. Default: a sentence-transformers dir's own, else normalise.", rich_help_panel=INFERENCE)] = None,
     max_seq_len: MaxSeqLen = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.", rich_help_panel=INFERENCE)] = 32,
+    batch_size: BatchSize = 32,
     precision: Precision = "auto",
     device: Device = "auto",
+    threads: Threads = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here: .npy (float32, one row per text, in input order), .jsonl or .tsv.")] = None,
     output_format: Annotated[Optional[str], typer.Option("--format", help="jsonl ({\"text\", \"embedding\"} per line), npy or tsv (text, then the values). Default: from --out, else jsonl on stdout.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
@@ -81,6 +79,7 @@ def embed_command(
     if out is None and fmt == "npy" and sys.stdout.isatty():
         raise ConfigError("--format npy writes binary data: give --out FILE.npy or redirect stdout")
     items = read_texts(texts or [], file)  # a missing input fails before the model loads
+    set_threads(threads)
     embedder = load_embedder(model, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len,
                              batch_size=batch_size, precision=precision, device=device)
     with tempfile.TemporaryDirectory(prefix="sbert-embed-") as scratch, _progress_bar("embedding") as progress:
@@ -142,9 +141,10 @@ def similar_command(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep the corpus vectors beside it (FILE.sbert-KEY.npy, keyed by model, settings and the file's hash) and reuse them.")] = True,
     pooling: Pooling = None,
     max_seq_len: MaxSeqLen = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.", rich_help_panel=INFERENCE)] = 32,
+    batch_size: BatchSize = 32,
     precision: Precision = "auto",
     device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """The texts of a corpus most similar to QUERY (cosine similarity of their embeddings)."""
     from rich.table import Table
@@ -152,6 +152,7 @@ def similar_command(
 
     from sbert_cli.tasks.embedding import load_embedder, similar
 
+    set_threads(threads)
     embedder = load_embedder(model, pooling=pooling, max_seq_len=max_seq_len, batch_size=batch_size,
                              precision=precision, device=device)
     with _progress_bar("embedding the corpus") as progress:
@@ -186,6 +187,7 @@ def serve_command(
     max_seq_len: MaxSeqLen = None,
     precision: Precision = "auto",
     device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """An HTTP server for the model: POST /embed, /predict (classifier), /fill-mask (MLM head); GET /health, /info, /docs.
 
@@ -207,6 +209,7 @@ def serve_command(
         err_console.print(f"  endpoints: {', '.join(['POST ' + e for e in info['endpoints']])}, GET /health, GET /info, docs at {url}/docs", soft_wrap=True)
         err_console.print("  Ctrl-C or SIGTERM: finish the requests in flight and stop", soft_wrap=True)
 
+    set_threads(threads)
     serve(model, host, port, options, on_started=started, max_seq_len=max_seq_len, precision=precision,
           device=device, pooling=pooling)
     err_console.print("stopped")

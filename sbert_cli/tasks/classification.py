@@ -363,7 +363,7 @@ def load_classifier(
     torch_device, resolved = prepare_inference(net, device, precision)
     limit = net.config.max_position_embeddings
     if max_length is not None and not 2 <= max_length <= limit:
-        raise ConfigError(f"--max-length must be between 2 and the model's {limit} positions, not {max_length}")
+        raise ConfigError(f"--max-seq-len must be between 2 and the model's {limit} positions, not {max_length}")
     return Classifier(
         model=net,
         tokenizer=tokenizer,

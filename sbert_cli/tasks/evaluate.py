@@ -395,7 +395,7 @@ def evaluate_mlm(
     tokenizer = load_tokenizer(loaded.checkpoint.path)
     limit = net.config.max_position_embeddings
     if max_length is not None and not 4 <= max_length <= limit:
-        raise ConfigError(f"--max-length must be between 4 and the model's {limit} positions, not {max_length}")
+        raise ConfigError(f"--max-seq-len must be between 4 and the model's {limit} positions, not {max_length}")
     torch_device, resolved = prepare_inference(net, device, precision)
     runtime = Runtime(str(torch_device), resolved, batch_size)
     data = Path(data)
