@@ -95,3 +95,15 @@ def set_threads(threads: int | None) -> None:
     from sbert_cli.model.precision import configure_threads
 
     configure_threads(threads)
+
+
+def _group(**entries: tuple[Any, Any]) -> dict[str, tuple[Any, Any, Any]]:
+    """A with_options group from (Annotated alias, default) pairs."""
+    import typing
+
+    return {name: (*typing.get_args(alias), default) for name, (alias, default) in entries.items()}
+
+
+# eval and predict: a model run over many texts.
+MODEL_RUN_OPTIONS = _group(batch_size=(BatchSize, 64), precision=(Precision, "auto"), device=(Device, "auto"),
+                           threads=(Threads, None), max_seq_len=(MaxSeqLen, None), max_length=(MaxLengthAlias, None))

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from sbert_cli.cli.app import app, console, err_console
-from sbert_cli.cli.options import BatchSize, Device, MaxLengthAlias, MaxSeqLen, Precision, Threads, set_threads
+from sbert_cli.cli.options import MODEL_RUN_OPTIONS, set_threads, with_options
 
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int | None = None):
@@ -46,6 +46,7 @@ def _progress_bar(description: str, total: int | None = None):
 
 
 @app.command("eval")
+@with_options(MODEL_RUN_OPTIONS)
 def eval_command(
     model: str = typer.Option(..., "--model", "-m", help="Model dir (sbert or Hugging Face format) or hub repo id."),
     data: Path = typer.Option(..., "--data", "-d", help="cls: labelled TSV/CSV/JSONL file. mlm: make-mlm-data folder or raw text file."),
@@ -53,22 +54,18 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
     force: bool = typer.Option(False, "--force", hidden=True, help="Accepted for compatibility: a report replaces its own earlier files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of tables."),
-    batch_size: BatchSize = 64,
-    precision: Precision = "auto",
-    device: Device = "auto",
-    threads: Threads = None,
-    max_seq_len: MaxSeqLen = None,
-    max_length: MaxLengthAlias = None,
     seed: int = typer.Option(12345, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
+    **run,
 ) -> None:
     """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
     from sbert_cli.tasks.evaluate import default_out_dir, evaluate
 
-    set_threads(threads)
+    set_threads(run["threads"])
     with _progress_bar("evaluating") as progress:
         result = evaluate(
-            model, data, task=task, out_dir=out or default_out_dir(model, data), force=force, batch_size=batch_size,
-            precision=precision, device=device, max_length=max_seq_len or max_length, seed=seed, progress=progress,
+            model, data, task=task, out_dir=out or default_out_dir(model, data), force=force, batch_size=run["batch_size"],
+            precision=run["precision"], device=run["device"], max_length=run["max_seq_len"] or run["max_length"], seed=seed,
+            progress=progress,
         )
     summary = result.to_json()
     if as_json:
@@ -160,6 +157,7 @@ def _render_mlm(summary: dict) -> None:
 
 
 @app.command("predict")
+@with_options(MODEL_RUN_OPTIONS)
 def predict_command(
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify (or use --file, or pipe one text per line)."),
     model: str = typer.Option(..., "--model", "-m", help="Classifier model dir or hub repo id."),
@@ -167,12 +165,7 @@ def predict_command(
     top_k: int = typer.Option(1, "--top-k", "-k", help="Labels to show per text, most probable first."),
     output_format: Optional[str] = typer.Option(None, "--format", help="table, tsv or jsonl (default: table on a terminal, tsv in a pipe)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines: {\"text\": ..., \"labels\": [{\"label\": ..., \"score\": ...}]}."),
-    batch_size: BatchSize = 64,
-    precision: Precision = "auto",
-    device: Device = "auto",
-    threads: Threads = None,
-    max_seq_len: MaxSeqLen = None,
-    max_length: MaxLengthAlias = None,
+    **run,
 ) -> None:
     """Classify texts: label names with probabilities."""
     from sbert_cli.errors import ConfigError
@@ -188,9 +181,9 @@ def predict_command(
     if output_format not in ("table", "tsv", "jsonl"):
         raise ConfigError(f"--format must be table, tsv or jsonl, not {output_format!r}")
     inputs = read_inputs(texts or [], file)  # before loading the model: a missing input fails fast
-    set_threads(threads)
-    classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device,
-                                 max_length=max_seq_len or max_length)
+    set_threads(run["threads"])
+    classifier = load_classifier(model, batch_size=run["batch_size"], precision=run["precision"], device=run["device"],
+                                 max_length=run["max_seq_len"] or run["max_length"])
     with _progress_bar("predicting", inputs.total) as progress:
         predictions = predict_stream(classifier, inputs.items, top_k, progress=progress)
         if output_format == "table":
