@@ -124,7 +124,7 @@ def main() -> None:
 
     import transformers
 
-    from sbert_cli.model.precision import resolve_device, resolve_precision
+    from sbert_cli.model.precision import machine_summary, resolve_device, resolve_precision
     from sbert_cli.resources import THUCNEWS_CLASSES
 
     device = resolve_device(args.device)
@@ -134,7 +134,7 @@ def main() -> None:
         model_dir = build_model_dir(Path(scratch) / "model", labels, args.seed)
         data = write_data(Path(scratch) / "thucnews.tsv", args.lines)
         data_lines = data.read_text(encoding="utf-8").splitlines()
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_summary()
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}")
         print(f"BERT-base shape (12 layers, 768 hidden, vocab 21128, 10 labels), random weights; "
               f"{args.lines:,} THUCNews lines, batch size {args.batch_size}, {precision}")

@@ -3,7 +3,7 @@ at the same recipe, beside a character TF-IDF + LinearSVC baseline, on the bundl
 
 - sbert: `sbert train-cls --model M --train T --dev D --labels C --epochs E --seed S --precision P` in a
   subprocess, nothing else: the learning rate, warmup, batch size, schedule and max length are its defaults.
-  The recipe it chose is read back from the run's run.json.
+  The recipe it chose is read back from the run's run.json (without an sbert run, from the library's defaults).
 - transformers: `AutoModelForSequenceClassification.from_pretrained(M)` + `Trainer` with the recipe sbert
   chose: the same peak lr, warmup steps, linear decay, batch size, epochs, weight decay (not on biases and
   LayerNorm), gradient clipping, max length and seed; AdamW (torch), dynamic padding (DataCollatorWithPadding).
@@ -146,6 +146,25 @@ def run_tfidf(train: Path, dev: Path, labels: Path, seed: int) -> dict:
     return {"per_epoch": [round(result["accuracy"], 4)], "macro_f1": result["macro_f1"], "seconds": result["train_seconds"]}
 
 
+def default_recipe(args, examples: int) -> dict:
+    """What `sbert train-cls --model M` would choose, read from the library's defaults (for a transformers-only run
+    with no sbert run to take it from): TrainConfig's batch size, weight decay and clipping, ClassifierOptions'
+    max length, lr_rule's lr and warmup ratio; warmup steps rounded as the loop rounds them."""
+    import math
+
+    from sbert_cli.model.config import BertConfig
+    from sbert_cli.tasks.classification import ClassifierOptions
+    from sbert_cli.tasks.lr_rule import WARMUP_RATIO, choose_lr
+    from sbert_cli.train.loop import TrainConfig
+
+    config = TrainConfig(out_dir=Path("unused"))
+    hidden = BertConfig.from_json(args.model / "config.json").hidden_size
+    total = args.epochs * math.ceil(examples / config.batch_size)
+    return {"lr": choose_lr("cls", hidden, False, ["classifier.weight"]), "warmup_steps": round(WARMUP_RATIO * total),
+            "total_steps": total, "batch_size": config.batch_size, "max_seq_len": ClassifierOptions().max_seq_len,
+            "weight_decay": config.weight_decay, "schedule": config.schedule, "max_grad_norm": config.max_grad_norm}
+
+
 def table(results: list[dict]) -> str:
     """Mean ± spread (half the range) of the last epoch's dev accuracy, per library and setting."""
     groups: dict[tuple, list[dict]] = {}
@@ -212,10 +231,8 @@ def main() -> None:
                     result = run_sbert(args, seed, train, THUCNEWS_DEV, THUCNEWS_CLASSES, Path(tmp))
                     recipes[seed] = result["recipe"]
                 elif library.startswith("transformers"):
-                    if seed not in recipes:
-                        raise SystemExit("run --libraries sbert first (in this invocation or an earlier one with the "
-                                         "same --out, --epochs and --limit): transformers takes sbert's recipe from it")
-                    recipe = {**recipes[seed], **({"lr": args.lr} if args.lr is not None else {})}
+                    recipe = recipes.get(seed) or default_recipe(args, examples)  # sbert's, as its run recorded it
+                    recipe = {**recipe, **({"lr": args.lr} if args.lr is not None else {})}
                     result = run_transformers(args, seed, recipe, train, THUCNEWS_DEV, THUCNEWS_CLASSES, Path(tmp),
                                               pretrained=library == "transformers")
                     result["lr"] = recipe["lr"]

@@ -107,7 +107,7 @@ def main() -> None:
 
     import transformers
 
-    from sbert_cli.model.precision import cpu_supports_bf16
+    from sbert_cli.model.precision import cpu_supports_bf16, machine_summary
 
     config = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
                   intermediate_size=3072, max_position_embeddings=512)
@@ -118,6 +118,7 @@ def main() -> None:
         print(f"device {torch.cuda.get_device_name(device)}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"attn_implementation={theirs.config._attn_implementation}, cpu bf16 (avx512_bf16/amx): {cpu_supports_bf16()}")
+    print(machine_summary())
     print(f"BERT-base shape ({args.layers} layers, vocab 21128), batch {args.batch_size} x {args.seq_len} tokens")
 
     batches = [("no padding", False)] + ([("padded", True)] if args.padded else [])

@@ -63,8 +63,8 @@ def _wall_and_cpu(fn) -> tuple[float, float]:
 
 def speed(args) -> None:
     import transformers
+    from bench_forward import build_pair, make_batch, run_ours, run_theirs
 
-    from bench_forward import build_pair, make_batch, run_ours, run_theirs  # noqa: I001 (benchmarks/ on sys.path)
     from sbert_cli.model.precision import prepare_for_inference
 
     config = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,

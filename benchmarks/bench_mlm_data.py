@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mlm_data.py                 # 180k lines: reference vs ours; ours at 1.8M lines
     python benchmarks/bench_mlm_data.py --no-big        # skip the 1.8M-line memory run
-    python benchmarks/bench_mlm_data.py --no-big --repeats 7 --no-reference   # --workers 1 vs 2, alternated
+    python benchmarks/bench_mlm_data.py --no-big --runs 7 --no-reference   # --workers 1 vs 2, alternated
 
 The corpus is the bundled THUCNews train file (9,000 headlines) repeated. Every run is a fresh
 subprocess timed from start to exit (imports and dictionary loading included, for both): wall time,
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--big-repeats", type=int, default=200, help="copies for the memory run (200: 1.8M lines)")
     parser.add_argument("--no-big", action="store_true", help="skip the big memory run")
     parser.add_argument("--workdir", type=Path, default=None, help="where corpora and outputs go (default: a temp dir)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each --workers setting, alternated (medians)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each --workers setting, alternated (medians)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference (minutes): ours only")
     args = parser.parse_args()
 
@@ -81,13 +81,13 @@ def main() -> None:
             reference = [sys.executable, str(REFERENCE), "--input", str(corpus), "--output", str(tmp / "ref.pkl")]
             rows.append(("reference (Google-style, jieba)", lines, *measure(reference)))
         runs: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
-        for rep in range(args.repeats):
+        for rep in range(args.runs):
             for workers in (1, 2) if rep % 2 == 0 else (2, 1):
                 runs[workers].append(measure(ours(corpus, tmp / f"ours{workers}", workers)))
         for workers, measured in runs.items():
             medians = [statistics.median(m[i] for m in measured) for i in range(3)]
             rows.append((f"sbert make-mlm-data --workers {workers}", lines, *medians))
-        if args.repeats > 1:
+        if args.runs > 1:
             ratios = [one[0] / two[0] for one, two in zip(runs[1], runs[2])]
             print(f"--workers 1 / --workers 2 wall time, per repetition: {' '.join(f'{r:.2f}' for r in ratios)}; "
                   f"median of the time ratios {statistics.median(ratios):.2f}x")

@@ -166,13 +166,13 @@ def main() -> None:
     import transformers
 
     from sbert_cli.data.batching import bucketed_batches
-    from sbert_cli.model.precision import resolve_device, resolve_precision
+    from sbert_cli.model.precision import machine_summary, resolve_device, resolve_precision
     from sbert_cli.resources import THUCNEWS_CLASSES
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     labels = THUCNEWS_CLASSES.read_text(encoding="utf-8").split()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_summary()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}")
     print(f"BERT {args.config} shape, vocab 21128; batch {args.batch_size} x {args.seq_len} tokens, {precision}; "
           f"{args.steps} timed steps after 1 warm-up, {args.repeats} run(s) per side, alternating")

@@ -95,7 +95,6 @@ class DemoReport:
 
     def to_json(self) -> dict:
         from sbert_cli import __version__
-
         from sbert_cli.model.precision import describe_machine
 
         bert, baseline = self.stage("eval").figures, self.stage("baseline").figures
@@ -324,9 +323,9 @@ def report_markdown(summary: dict) -> str:
         machine["cpu"] + ("" if machine["cpu_bf16"] else " (no native bf16)"))
     lines = [
         "# sbert demo report", "",
-        f"THUCNews titles: {stages['make-mlm-data']['lines']:,} for training, {stages['eval']['examples']:,} dev "
-        f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}, "
-        f"{summary['precision']} on {where}.", "",
+        (f"THUCNews titles: {stages['make-mlm-data']['lines']:,} for training, {stages['eval']['examples']:,} dev "
+         f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}, "
+         f"{summary['precision']} on {where}."), "",
         "| model | dev accuracy | dev macro-F1 |", "|---|---:|---:|",
         f"| {settings['config_name']} BERT, pretrained here from scratch, then fine-tuned | {accuracy['bert']:.4f} | {macro_f1['bert']:.4f} |",
         f"| char 1-2-gram TF-IDF + LinearSVC | {accuracy['tfidf_linear_svm']:.4f} | {macro_f1['tfidf_linear_svm']:.4f} |", "",

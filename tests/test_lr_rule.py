@@ -34,7 +34,8 @@ from sbert_cli.train.loop import TrainConfig
         ("cls", False, ["classifier.bias", "classifier.weight"], 768, FINE_TUNE, 2e-5),  # BERT-base
         ("cls", False, ["classifier.bias", "classifier.weight"], 512, FINE_TUNE, 5e-5),  # m3e-small
         ("cls", False, [], 768, FINE_TUNE, 2e-5),  # a classifier with the same labels, trained further
-        ("mlm", False, ["mlm_head.bias", "mlm_head.dense.weight"], 512, NEW_HEAD, 1e-4),  # a head-less checkpoint
+        ("mlm", False, ["mlm_head.bias", "mlm_head.dense.weight"], 512, NEW_HEAD, 5e-4),  # a head-less checkpoint (m3e-small)
+        ("mlm", False, ["mlm_head.bias", "mlm_head.dense.weight"], 768, NEW_HEAD, 1e-4),
         ("mlm", False, [], 768, CONTINUE, 5e-5),  # continued pretraining
     ],
 )
@@ -63,7 +64,7 @@ def test_chosen_only_when_not_given(tmp_path):
 def test_short_and_help():
     assert [short(x) for x in (1e-3, 2e-5, 2.5e-5, 0.1)] == ["1e-3", "2e-5", "2.5e-5", "1e-1"]
     assert "from scratch (--config): 2e-3 up to hidden 128" in rule_help("cls")
-    assert "new MLM head (--model without an MLM head): 1e-4" in rule_help("mlm")
+    assert "new MLM head (--model without an MLM head): 5e-4 up to hidden 512, else 1e-4" in rule_help("mlm")
 
 
 def test_train_cls_reports_and_records_the_chosen_lr(tmp_path, thucnews_train, thucnews_classes, one_thread):
@@ -98,6 +99,6 @@ def test_pretrain_from_a_headless_checkpoint_chooses_the_new_head_rate(tmp_path,
                                       "--dynamic-masking", "--max-steps", "1", "--batch-size", "8", "--out", str(tmp_path / "run"),
                                       "--no-plot"])
     assert result.exit_code == 0, result.output
-    assert "lr 1e-4 (new MLM head; --lr to change)" in result.stdout
+    assert "lr 5e-4 (new MLM head; --lr to change)" in result.stdout
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["lr_choice"]["situation"] == NEW_HEAD and run["train"]["lr"] == 1e-4
+    assert run["lr_choice"]["situation"] == NEW_HEAD and run["train"]["lr"] == 5e-4

@@ -78,7 +78,7 @@ def test_pretraining_gives_the_headless_checkpoint_a_trained_mlm_head(titles, tm
                  "--batch-size", 32, "--precision", "fp32", "--out", out, "--no-plot")
     assert result.exit_code == 0, result.output
     assert "has no MLM head; initialised fresh" in result.stdout
-    assert "lr 1e-4 (new MLM head; --lr to change)" in result.stdout
+    assert "lr 5e-4 (new MLM head; --lr to change)" in result.stdout
     held_out = run("eval", "--model", out / "last", "--data", titles / "dev-titles.txt", "--task", "mlm", "--json",
                    "--precision", "fp32", "--out", tmp_path / "eval")
     assert held_out.exit_code == 0, held_out.output

@@ -75,18 +75,23 @@ def describe_machine() -> dict:
 
 
 def configure_threads(threads: int | None = None, sample_s: float = 0.1) -> int:
-    """Set torch's intra-op threads for this process and return how many. None: OMP_NUM_THREADS when set, else
-    the usable cores minus those other processes keep busy right now (at least 1).
+    """Set torch's intra-op threads for this process and return how many. None: OMP_NUM_THREADS when set; every
+    usable core when OMP_WAIT_POLICY=PASSIVE was set before torch loaded; else the usable cores minus those other
+    processes keep busy right now (sampled for sample_s; at least 1).
 
-    Why not every core: OpenMP threads wait for each other at the end of every parallel region, so when another
-    process holds one of the cores, every region waits for the descheduled thread; with thread count = free
-    cores the run slows by the share it lost instead of collapsing (benchmarks/bench_shared_cpu.py).
-    Called once by the commands that run models, before the first forward; library functions leave it alone.
+    Why not every core: torch's OpenMP threads spin while they wait for each other at the end of every parallel
+    region, so when another process holds one of the cores every region waits for a descheduled thread: with one
+    busy process on 2 cores a tiny model trained 27x and ran inference 34x slower than idle. With as many threads as
+    free cores it was 3x (the share of the CPU it lost), and with PASSIVE waiting 2.3-2.6x
+    (benchmarks/bench_shared_cpu.py). Called once by the commands that run models, before the first forward;
+    library functions leave the process's threads alone.
     """
     if threads is not None:
         check_range("--threads", threads, 1, MAX_THREADS, "threads beyond the cores only wait on each other")
     elif os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()  # the user's choice, which torch has already applied
+    elif os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        threads = usable_cpus()  # waiting threads sleep instead of spinning: every core, busy or not, measured best
     else:
         usable = usable_cpus()
         threads = max(1, min(usable, int(usable - CpuUse().others_busy(sample_s) + 0.5)))
@@ -139,7 +144,8 @@ def machine_summary(machine: dict | None = None) -> str:
     m = machine or describe_machine()
     bf16 = "native bf16" if m["cpu_bf16"] else "no native bf16"
     flags = " ".join(m["cpu_flags"])
-    return (f"{m['cpu']} ({bf16}{'; ' + flags if flags else ''}), {m['threads']} threads, torch {m['torch']}"
+    threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+    return (f"{m['cpu']} ({bf16}{'; ' + flags if flags else ''}), {threads}, torch {m['torch']}"
             + (f", {m['cuda']}" if m["cuda"] else ""))
 
 
@@ -194,14 +200,16 @@ def prepare_for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Mo
     weights, int8 quantizes every nn.Linear dynamically (CPU); fp32 and fp16 (autocast) leave it as it is.
     Run it under inference_autocast(precision, device).
 
-    bf16: LayerNorm keeps float32 weights (torch's kernels normalize a bf16 input in float32 either way), and
-    callers take the softmax of float32 logits, so only the matmuls and the residual stream are in bf16.
+    bf16: on the CPU, LayerNorm keeps float32 weights (its CPU kernel takes a bf16 input with float32 weights and
+    normalizes in float32; CUDA's wants one dtype), and callers take the softmax of float32 logits, so only the
+    matmuls and the residual stream are in bf16.
     """
     if precision == "bf16":
         model.to(torch.bfloat16)
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.float()
+        if all(p.device.type == "cpu" for p in model.parameters()):
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.float()
         return model
     if precision == "int8":
         import warnings

@@ -74,7 +74,11 @@ def default_max_length(model: "nn.Module", meta: dict) -> int:
 def prepare_inference(model: "nn.Module", device: str, precision: str) -> tuple["torch.device", str]:
     """Resolve --device/--precision, move the model there in eval mode, and convert it in place for the precision
     (bf16 weights, or int8 Linear layers: see precision.prepare_for_inference); run it under inference_autocast."""
-    from sbert_cli.model.precision import prepare_for_inference, resolve_device, resolve_precision
+    from sbert_cli.model.precision import (
+        prepare_for_inference,
+        resolve_device,
+        resolve_precision,
+    )
 
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device, inference=True)
