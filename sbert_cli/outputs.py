@@ -34,6 +34,7 @@ class OutputDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         self.root = self.path.absolute()
+        self.created = False  # set by callers that create the folder (make-mlm-data removes it on failure)
         self._lock_fd: int | None = None
 
     # -- what sbert wrote here

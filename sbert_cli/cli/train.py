@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.options import RUN, TRAINING, TRAINING_OPTIONS, with_options
+from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, with_options
 from sbert_cli.cli.progress import training_progress
 from sbert_cli.tasks.lr_rule import rule_help
 
@@ -48,7 +48,7 @@ def train_cls(
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longer texts are truncated to this many tokens.")] = 128,
     metric: Annotated[str, typer.Option("--metric", help="Dev metric that picks OUT/best: accuracy or macro_f1.")] = "accuracy",
     pooling: Annotated[Optional[str], typer.Option("--pooling", help="What the classifier reads: pooler (tanh(dense([CLS])), as transformers), cls (the [CLS] vector) or mean (over tokens; suits sentence-embedding models such as m3e). Default: the model's own, else pooler. Saved in config.json.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)] = Path("runs/cls"),
+    out: Out = Path("runs/cls"),
     lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
     **shared,
 ) -> None:
@@ -109,7 +109,7 @@ def pretrain(
     max_predictions: Annotated[Optional[int], typer.Option("--max-predictions", help="With --dynamic-masking: most predictions per sequence.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="make-mlm-data dir for held-out masked-token accuracy and perplexity.")] = None,
     eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Hold out this share of --data for evaluation (e.g. 0.01).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)] = Path("runs/pretrain"),
+    out: Out = Path("runs/pretrain"),
     lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("mlm"), rich_help_panel=TRAINING)] = None,
     **shared,
 ) -> None:

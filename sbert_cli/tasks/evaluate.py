@@ -24,7 +24,7 @@ from sbert_cli.tasks.classification import (
     load_classifier,
     prepare_inference,
 )
-from sbert_cli.tasks.mlm import EVAL_MASKING_SEED
+from sbert_cli.tasks.mlm import EVAL_MASKING_SEED, eval_source, score_masked
 
 TASKS = ("cls", "mlm")
 REPORT_FILE = "metrics.json"  # an eval report; a run's training log is metrics.jsonl (plots.METRICS_FILE)
@@ -415,8 +415,6 @@ def evaluate_mlm(
             raise ConfigError(f"{data}: sequences of up to {shards.max_seq_len} tokens, but the model has "
                               f"{limit} positions; remake it with a smaller --max-seq-len")
         runtime.seconds += time.perf_counter() - start
-        from sbert_cli.tasks.mlm import eval_source, score_masked
-
         sums = score_masked(net, eval_source(shards, tokenizer, seed), tokenizer.pad_id, batch_size, torch_device,
                             resolved, runtime, progress)
     loss_sum, count, correct, correct_top5 = sums
