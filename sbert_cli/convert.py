@@ -47,7 +47,7 @@ class ConversionSummary:
     dropped: dict[str, str]  # source key -> reason
     missing_parts: list[str]  # optional parts the checkpoint lacks, described
     files: list[str]
-    architecture: str | None = None  # the transformers class of an --to hf export
+    architecture: str | None = None  # the transformers class of a --to hf export
     probe: ProbeResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -64,7 +64,7 @@ def check_destination(destination: Path, source: Path, force: bool) -> None:
     if destination.exists() and destination.is_dir() and destination.resolve() == source.resolve():
         raise ConfigError(f"{destination}: is the source model dir; choose another DST")
     OutputDir(destination).check(force, will_write=MODEL_FILES, reads=[source],
-                                 not_empty="exists and is not empty; pass --force to replace it, or choose another DST")
+                                 not_empty="exists and is not empty; pass `force` to replace it, or choose another DST")
 
 
 def hf_architecture(heads: list[str]) -> str:
@@ -80,7 +80,7 @@ def convert_weights(
     sentences, so an untrained head is reported rather than silently converted.
     """
     if to not in DIRECTIONS:
-        raise ConfigError(f"--to must be one of {', '.join(DIRECTIONS)}, not {to!r}")
+        raise ConfigError(f"`to` must be one of {', '.join(DIRECTIONS)}, not {to!r}")
     destination = Path(destination).expanduser()
     source_dir = resolve_model_dir(source)
     check_destination(destination, source_dir, force)

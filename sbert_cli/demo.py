@@ -1,8 +1,9 @@
 """sbert demo: the whole pipeline, offline, on the bundled THUCNews titles, in one run dir.
 
-make-mlm-data -> pretrain a tiny BERT from scratch -> train-cls from it -> eval on dev -> predict and
-fill-mask, each stage the library function its command calls, plus a character n-gram TF-IDF + linear
-SVM baseline on the same sample, so the BERT's accuracy is read next to an honest reference.
+make-mlm-data -> pretrain a tiny BERT from scratch (or continue pretraining a checkpoint, `sbert demo --model`)
+-> train-cls from it -> eval on dev -> predict and fill-mask, each stage the library function its command
+calls, plus a character n-gram TF-IDF + linear SVM baseline on the same sample, so the BERT's accuracy is
+read next to an honest reference.
 The dev titles are touched only by the final evaluations: the classifier keeps its last weights
 (no selection on dev) and pretraining holds out 5% of the train titles for its own evaluation.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -47,7 +48,8 @@ FILL_MASK_SENTENCES = (
 class DemoSettings:
     """Sizes and hyperparameters of a demo run."""
 
-    config_name: str = "tiny"  # model preset trained from scratch
+    config_name: str | None = "tiny"  # model preset trained from scratch (None with `model`)
+    model: str | None = None  # a checkpoint (model dir or hub repo id) to start from instead; see starting_from
     train_lines: int | None = None  # first N bundled train titles (None: all 9,000)
     dev_lines: int | None = None  # first N bundled dev titles (None: all 1,000)
     max_seq_len: int = 64  # the titles are at most ~50 tokens
@@ -56,11 +58,11 @@ class DemoSettings:
     dynamic_masking: bool = True
     pretrain_epochs: int = 5
     pretrain_batch_size: int = 32
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float | None = 2e-3  # None: tasks/lr_rule.py picks it, as pretrain does without --lr
     pretrain_eval_fraction: float = 0.05
     cls_epochs: int = 5
     cls_batch_size: int = 64
-    cls_lr: float = 2e-3
+    cls_lr: float | None = 2e-3
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"  # every stage; auto: bf16 on a CPU/GPU that does it natively, else fp32
@@ -69,6 +71,24 @@ class DemoSettings:
 FULL = DemoSettings()
 # For smoke tests (`sbert demo --quick`): every stage runs, on few titles and steps; the figures mean nothing.
 QUICK = DemoSettings(train_lines=200, dev_lines=100, pretrain_epochs=1, cls_epochs=1)
+
+
+def starting_from(model: str | None, settings: DemoSettings) -> DemoSettings:
+    """`settings` for a run that starts from the checkpoint `model` (unchanged when None).
+
+    A checkpoint has been pretrained already: one epoch of continued pretraining adapts it (and a new MLM head)
+    to the titles, and fine-tuning takes BERT's usual 3 epochs at batch 32. The rates are lr_rule's for the
+    situation (new MLM head or continued pretraining; fine-tuning), not the tiny model's 2e-3, which would wreck it.
+    """
+    if model is None:
+        return settings
+    return replace(settings, model=model, config_name=None, pretrain_epochs=min(settings.pretrain_epochs, 1),
+                   pretrain_lr=None, cls_epochs=min(settings.cls_epochs, 3), cls_batch_size=32, cls_lr=None)
+
+
+def starting_model(settings: DemoSettings) -> str:
+    """What the demo's BERT starts from, in words: "tiny BERT from scratch" or "checkpoint DIR"."""
+    return f"checkpoint {settings.model}" if settings.model else f"{settings.config_name} BERT from scratch"
 
 
 @dataclass
@@ -98,10 +118,17 @@ class DemoReport:
         from sbert_cli.model.precision import describe_machine
 
         bert, baseline = self.stage("eval").figures, self.stage("baseline").figures
-        trained = self.stage("pretrain").result.train
+        pretrained = self.stage("pretrain").result
+        trained = pretrained.train
         return {
             "sbert_version": __version__,
             "settings": asdict(self.settings),
+            "starting_model": {
+                "description": starting_model(self.settings), "checkpoint": self.settings.model,
+                "config": self.settings.config_name,
+                # with a checkpoint: the MLM head parameters pretrain initialised fresh ([]: the checkpoint's own head)
+                "new_mlm_head": pretrained.new_head if self.settings.model else None,
+            },
             "device": trained.device,
             "precision": trained.precision,  # what --precision resolved to, for training and inference alike
             "machine": describe_machine(),
@@ -160,8 +187,15 @@ def _command(*argv: Any) -> str:
     return shlex.join(["sbert", *(str(a) for a in argv)])
 
 
-def _train_options(epochs: int, batch_size: int, lr: float, settings: DemoSettings) -> list[Any]:
-    return ["--epochs", epochs, "--batch-size", batch_size, "--lr", lr, "--seed", settings.seed, *_hardware_options(settings)]
+def _train_options(epochs: int, batch_size: int, lr: float | None, settings: DemoSettings) -> list[Any]:
+    lr_option = [] if lr is None else ["--lr", lr]  # None: the command chooses, as the demo's run did
+    return ["--epochs", epochs, "--batch-size", batch_size, *lr_option, "--seed", settings.seed, *_hardware_options(settings)]
+
+
+def _lr_figures(run_dir: Path) -> dict[str, Any]:
+    """The peak lr a training stage ran at, and why (run.json's lr_choice: given, or chosen by tasks/lr_rule.py)."""
+    choice = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["lr_choice"]
+    return {"lr": choice["lr"], "lr_source": choice["source"], "lr_situation": choice["situation"]}
 
 
 def _hardware_options(settings: DemoSettings) -> list[str]:
@@ -184,19 +218,24 @@ def run_demo(
     training_callbacks: makes the train.loop.Callbacks that report each training stage (None: silent). on_stage_start(name,
     command) and on_stage_end(outcome) let the caller show each stage as it runs.
     """
+    from sbert_cli.data.mlm_data import resolve_tokenizer
+    from sbert_cli.errors import ConfigError
     from sbert_cli.model.precision import resolve_device, resolve_precision
 
     resolve_precision(settings.precision, resolve_device(settings.device))  # a bad --device/--precision fails first
+    if (settings.model is None) == (settings.config_name is None):
+        raise ConfigError("give one of `model` (a checkpoint to start from) and `config_name` (a preset trained from scratch)")
+    # A missing or vocab-less checkpoint fails here, before the run dir is touched; a repo id is fetched once.
+    tokenizer = resolve_tokenizer(model=settings.model)
     out_dir = Path(out_dir)
     with prepare_demo_dir(out_dir, force) as outputs:
-        return _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, on_stage_end)
+        return _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_stage_start, on_stage_end)
 
 
-def _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, on_stage_end) -> DemoReport:
+def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_stage_start, on_stage_end) -> DemoReport:
     from sbert_cli.data.classification import read_label_names
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
-    from sbert_cli.model.tokenizer import BertTokenizer
-    from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
+    from sbert_cli.resources import THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
     from sbert_cli.tasks.classification import ClassifierOptions, TextInput, load_classifier, predict_stream, train_classifier
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.mlm import PretrainOptions, pretrain, run_fill_mask
@@ -228,29 +267,31 @@ def _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, 
     mlm_settings = MLMDataSettings(max_seq_len=s.max_seq_len, seed=s.seed, mask=not s.dynamic_masking)
 
     def make_data():
-        report = make_mlm_data([train_file], mlm_dir, BertTokenizer.from_vocab(CHINESE_VOCAB), mlm_settings)
+        report = make_mlm_data([train_file], mlm_dir, tokenizer, mlm_settings)
         counts = report.counts
         return report, {"lines": counts["lines"], "sequences": counts["sequences"], "tokens": counts["tokens"],
                         "masked": counts["masked"]}
 
     no_mask = ["--no-mask"] if s.dynamic_masking else []
-    stage("make-mlm-data", _command("make-mlm-data", train_file, "--out", mlm_dir, "--max-seq-len", s.max_seq_len,
-                                    *no_mask, "--seed", s.seed), make_data)
+    vocab_of = ["--model", s.model] if s.model else []  # from scratch: the bundled vocab, make-mlm-data's default
+    stage("make-mlm-data", _command("make-mlm-data", train_file, "--out", mlm_dir, *vocab_of,
+                                    "--max-seq-len", s.max_seq_len, *no_mask, "--seed", s.seed), make_data)
 
     def run_pretrain():
-        options = PretrainOptions(data=mlm_dir, config_name=s.config_name, dynamic_masking=s.dynamic_masking,
-                                  eval_fraction=s.pretrain_eval_fraction)
+        options = PretrainOptions(data=mlm_dir, model=s.model, config_name=s.config_name,
+                                  dynamic_masking=s.dynamic_masking, eval_fraction=s.pretrain_eval_fraction)
         config = TrainConfig(out_dir=pretrain_dir, epochs=s.pretrain_epochs, batch_size=s.pretrain_batch_size,
                              lr=s.pretrain_lr, seed=s.seed, device=s.device, precision=s.precision)
         result = pretrain(options, config, training_callbacks() if training_callbacks else None)
         if result.train.interrupted:  # Ctrl-C: the checkpoint is saved; the later stages have nothing to start from
             raise KeyboardInterrupt
         held_out = result.train.last_eval or {}
-        return result, {"steps": result.train.step, "model_dir": str(result.model_dir),
+        return result, {"steps": result.train.step, "model_dir": str(result.model_dir), **_lr_figures(pretrain_dir),
                         "held_out_mlm_accuracy": held_out.get("mlm_accuracy"), "held_out_perplexity": held_out.get("perplexity")}
 
+    start = ["--model", s.model] if s.model else ["--config", s.config_name]
     pretrained = stage("pretrain", _command(
-        "pretrain", "--data", mlm_dir, "--config", s.config_name, *(["--dynamic-masking"] if s.dynamic_masking else []),
+        "pretrain", "--data", mlm_dir, *start, *(["--dynamic-masking"] if s.dynamic_masking else []),
         "--eval-fraction", s.pretrain_eval_fraction,
         "--out", pretrain_dir, *_train_options(s.pretrain_epochs, s.pretrain_batch_size, s.pretrain_lr, s)), run_pretrain)
 
@@ -262,7 +303,7 @@ def _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, 
         result = train_classifier(options, config, training_callbacks() if training_callbacks else None)
         if result.train.interrupted:
             raise KeyboardInterrupt
-        return result, {"steps": result.train.step, "model_dir": str(result.model_dir)}
+        return result, {"steps": result.train.step, "model_dir": str(result.model_dir), **_lr_figures(cls_dir)}
 
     classifier = stage("train-cls", _command(
         "train-cls", "--train", train_file, "--labels", labels_file, "--model", pretrained.model_dir,
@@ -312,6 +353,15 @@ def _run_stages(out_dir, outputs, settings, training_callbacks, on_stage_start, 
     return report
 
 
+def bert_label(summary: dict) -> str:
+    """The demo's BERT in a results table (report.md, the printed summary): what it started from, what the demo did."""
+    start = summary["starting_model"]
+    if start["checkpoint"] is None:
+        return f"{start['config']} BERT, pretrained from scratch here + fine-tuned"
+    head = " (new MLM head)" if start["new_mlm_head"] else ""
+    return f"checkpoint {start['checkpoint']}, pretrained further here{head} + fine-tuned"
+
+
 def report_markdown(summary: dict) -> str:
     """report.json as a short Markdown page: the two accuracies, then each stage with its time and command."""
     from sbert_cli.model.precision import machine_summary
@@ -324,10 +374,10 @@ def report_markdown(summary: dict) -> str:
     lines = [
         "# sbert demo report", "",
         (f"THUCNews titles: {stages['make-mlm-data']['lines']:,} for training, {stages['eval']['examples']:,} dev "
-         f"titles held out; {settings['config_name']} BERT pretrained from scratch, seed {settings['seed']}, "
+         f"titles held out; starting model: {summary['starting_model']['description']}; seed {settings['seed']}, "
          f"{summary['precision']} on {where}."), "",
         "| model | dev accuracy | dev macro-F1 |", "|---|---:|---:|",
-        f"| {settings['config_name']} BERT, pretrained here from scratch, then fine-tuned | {accuracy['bert']:.4f} | {macro_f1['bert']:.4f} |",
+        f"| {bert_label(summary)} | {accuracy['bert']:.4f} | {macro_f1['bert']:.4f} |",
         f"| char 1-2-gram TF-IDF + LinearSVC | {accuracy['tfidf_linear_svm']:.4f} | {macro_f1['tfidf_linear_svm']:.4f} |", "",
         "| stage | seconds | same as |", "|---|---:|---|",
     ]

@@ -18,7 +18,7 @@ MAX_BATCH_SIZE = 4096
 BATCH_SIZE_WHY = "larger batches run no faster and need memory in proportion"
 # Micro-batches per optimizer step: 1024 x --batch-size 32 is already a global batch of 32k examples.
 MAX_GRAD_ACCUM = 1024
-GRAD_ACCUM_WHY = "1024 micro-batches per step already make a global batch of 32k examples at --batch-size 32"
+GRAD_ACCUM_WHY = "1024 micro-batches per step already make a global batch of 32k examples at `batch_size` 32"
 # Optimizer steps (and warmup steps): 10^8 steps take years at any speed.
 MAX_STEPS = 100_000_000
 STEPS_WHY = "a hundred million optimizer steps take years at any speed"
@@ -26,7 +26,7 @@ MAX_EPOCHS = 100_000
 # make-mlm-data --dupe-factor: every copy is held in memory per chunk; Google BERT used 10, and
 # `--no-mask` + `pretrain --dynamic-masking` gives a fresh mask every epoch at no cost.
 MAX_DUPE_FACTOR = 100
-DUPE_FACTOR_WHY = "each copy costs memory and disk; for fresh masks every epoch use --no-mask and pretrain --dynamic-masking"
+DUPE_FACTOR_WHY = "each copy costs memory and disk; for fresh masks every epoch use `no_mask` and pretrain `dynamic_masking`"
 # fill-mask --joint keeps max(top-k, 8) partial words per run of [MASK]s and expands each into as many:
 # top-k^2 candidates per step; past a few dozen, whole-word candidates are noise.
 MAX_JOINT_TOP_K = 100
@@ -45,20 +45,21 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_range(option: str, value, low, high=None, why: str = "") -> None:
-    """ConfigError unless low <= value <= high (high None: no upper bound); NaN is never in range."""
+def check_range(field: str, value, low, high=None, why: str = "") -> None:
+    """ConfigError unless low <= value <= high (high None: no upper bound); NaN is never in range.
+    The message names `field` (the CLI shows it as its flag)."""
     in_range = isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
     in_range = in_range and value >= low and (high is None or value <= high)
     if in_range:
         return
     bounds = f"at least {low}" if high is None else f"between {low} and {high:,}" if isinstance(high, int) else f"between {low} and {high}"
-    raise ConfigError(f"{option} must be {bounds}{f' ({why})' if why else ''}, not {value}")
+    raise ConfigError(f"`{field}` must be {bounds}{f' ({why})' if why else ''}, not {value}")
 
 
 def check_seed(seed: int) -> None:
     """Random generators (numpy's SeedSequence) take non-negative seeds."""
     if not 0 <= seed < 2**63:
-        raise ConfigError(f"--seed must be between 0 and 2^63 - 1 (random generators take non-negative seeds), not {seed}")
+        raise ConfigError(f"`seed` must be between 0 and 2^63 - 1 (random generators take non-negative seeds), not {seed}")
 
 
 def usable_cpus() -> int:

@@ -108,7 +108,7 @@ class OutputDir:
     # -- checks, before anything is written
 
     def check(self, force: bool, will_write: Iterable[str] = (), reads: Iterable[str | Path] = (),
-              not_empty: str = "is not empty; pass --force to replace sbert's earlier results there, or choose another folder") -> None:
+              not_empty: str = "is not empty; pass `force` to replace sbert's earlier results there, or choose another folder") -> None:
         """Refuse (reading only) a folder this command must not write into.
 
         will_write: top-level names the command (re)writes; with force, an existing one must hold only sbert's files.
@@ -141,7 +141,7 @@ class OutputDir:
             foreign = self.foreign(name)
             if foreign:
                 raise ConfigError(
-                    f"{path / name}: holds files sbert did not write ({foreign[0]}); --force replaces only sbert's "
+                    f"{path / name}: holds files sbert did not write ({foreign[0]}); `force` replaces only sbert's "
                     "own results: move them away or choose another folder"
                 )
 

@@ -59,14 +59,14 @@ class ServeOptions:
     def validate(self) -> None:
         from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
 
-        check_range("--max-batch-size", self.max_batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+        check_range("max_batch_size", self.max_batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
         # Waiting texts and request bodies are held in memory: 10^6 texts or 1 GiB is far past any useful queue.
-        check_range("--max-queue", self.max_queue, 1, 1_000_000, "waiting texts are held in memory")
-        check_range("--max-texts", self.max_texts, 1, 1_000_000, "a request's texts are held in memory")
-        check_range("--max-body-bytes", self.max_body_bytes, 1, 1 << 30, "a request body is held in memory")
-        check_range("--max-wait-ms", self.max_wait_ms, 0, 10_000, "a request waits this long for company before it runs")
+        check_range("max_queue", self.max_queue, 1, 1_000_000, "waiting texts are held in memory")
+        check_range("max_texts", self.max_texts, 1, 1_000_000, "a request's texts are held in memory")
+        check_range("max_body_bytes", self.max_body_bytes, 1, 1 << 30, "a request body is held in memory")
+        check_range("max_wait_ms", self.max_wait_ms, 0, 10_000, "a request waits this long for company before it runs")
         if self.max_texts > self.max_queue:
-            raise ConfigError(f"--max-texts {self.max_texts} exceeds --max-queue {self.max_queue}: such a request could never be queued")
+            raise ConfigError(f"`max_texts` {self.max_texts} exceeds `max_queue` {self.max_queue}: such a request could never be queued")
 
 
 # The model -----------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ class ModelService:
             read_checkpoint,
             resolve_model_dir,
         )
-        from sbert_cli.model.precision import resolve_device, resolve_precision
+        from sbert_cli.model.precision import prepare_for_inference, resolve_device, resolve_precision
         from sbert_cli.tasks.classification import load_classifier
         from sbert_cli.tasks.embedding import (
             embedder_for,
@@ -112,7 +112,7 @@ class ModelService:
         settings = embedding_settings(encoder_dir, checkpoint.config, checkpoint.meta, st, pooling, normalize, max_seq_len)
         del checkpoint
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, inference=True)
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(encoder_dir)
         self.classifier = self.mlm = None
@@ -133,6 +133,11 @@ class ModelService:
             loaded = load_for_task(encoder_dir, "base")
             encoder, initialized = loaded.model, loaded.initialized
         encoder.to(self.device).eval()
+        # Converted once for the precision (bf16 weights, int8 Linear layers), as eval/predict/embed do; the
+        # classifier (and the encoder it shares) already is, and converting again changes nothing.
+        for module in (self.mlm, encoder):
+            if module is not None:
+                prepare_for_inference(module, self.precision)
         self.embedder = embedder_for(encoder, self.tokenizer, encoder_dir, settings, initialized, self.device,
                                      self.precision, batch_size)
 
@@ -174,14 +179,13 @@ class ModelService:
         if kind == "fill-mask":
             import torch
 
-            from sbert_cli.model.precision import autocast
-            from sbert_cli.tasks.mlm import fill_mask, fill_mask_joint
+            from sbert_cli.model.precision import inference_autocast
+            from sbert_cli.tasks.mlm import fill_mask
 
             top_k, joint = options
-            fill = fill_mask_joint if joint else fill_mask
             origins = [f"texts[{i}]" for i in range(len(texts))]
-            with torch.inference_mode(), autocast(self.precision, self.device):
-                results = fill(self.mlm, self.tokenizer, texts, top_k, origins, self.batch_size)
+            with torch.inference_mode(), inference_autocast(self.precision, self.device):
+                results = fill_mask(self.mlm, self.tokenizer, texts, top_k, origins, self.batch_size, joint)
             return [result.to_json() for result in results]
         raise ValueError(f"unknown endpoint {kind!r}")
 
@@ -522,19 +526,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port, or ConfigError naming the problem (port in use, bad host)."""
     from sbert_cli.limits import check_range
 
-    check_range("--port", port, 0, 65535, "TCP ports are 16-bit; 0 picks a free one")
+    check_range("port", port, 0, 65535, "TCP ports are 16-bit; 0 picks a free one")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as e:
-        raise ConfigError(f"--host {host}: cannot listen there ({e})") from None
+        raise ConfigError(f"`host` {host}: cannot listen there ({e})") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"{host}:{port}: cannot listen ({e.strerror}); choose another --port or stop what uses it") from None
+        raise ConfigError(f"{host}:{port}: cannot listen ({e.strerror}); choose another `port` or stop what uses it") from None
     sock.set_inheritable(True)
     return sock
 

@@ -82,9 +82,9 @@ def test_a_run_stopped_before_its_first_checkpoint_names_the_way_out(tmp_path):
     with out:
         (out.path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
         out.record("metrics.jsonl", "checkpoints")
-    with pytest.raises(ConfigError, match="stopped before its first checkpoint: start over with --force"):
+    with pytest.raises(ConfigError, match="stopped before its first checkpoint: start over with `force`"):
         check_run_dir(out.path, resume=False, force=False)
-    with pytest.raises(ResumeError, match="with --force to start over"):
+    with pytest.raises(ResumeError, match="with `force` to start over"):
         check_run_dir(out.path, resume=True, force=False)
     check_run_dir(out.path, resume=False, force=True)
 
@@ -102,3 +102,16 @@ def test_one_vocabulary_for_inference_options(monkeypatch, hf_cls_dir):
     result = runner.invoke(app, ["predict", "-m", str(hf_cls_dir), "--max-length", "8", "--precision", "fp32", "股市大涨"])
     assert result.exit_code == 0, result.output
     one_line_error(runner.invoke(app, ["predict", "-m", str(hf_cls_dir), "--max-seq-len", "1", "股市"]), "--max-seq-len")
+
+
+def test_usage_lines_name_arguments_one_way(monkeypatch):
+    """Usage lines mixed {SRC}, [TEXT...]..., [texts]... and {inputs}...: arguments are now CAPITALS, optional
+    ones in [brackets], repeatable ones followed by ... — whatever typer's version would print."""
+    monkeypatch.setenv("COLUMNS", "200")
+    expected = {"convert-weights": "[OPTIONS] SRC DST", "make-mlm-data": "[OPTIONS] INPUT...",
+                "fill-mask": "[OPTIONS] [TEXT]...", "predict": "[OPTIONS] [TEXT]...", "embed": "[OPTIONS] [TEXT]...",
+                "similar": "[OPTIONS] QUERY", "download": "[OPTIONS] [REPO_ID]", "plot": "[OPTIONS] RUN_DIR"}
+    for command, usage in expected.items():
+        text = runner.invoke(app, [command, "--help"]).stdout
+        line = next(line for line in text.splitlines() if "Usage:" in line)
+        assert line.split(f"sbert {command} ", 1)[1].strip() == usage, line

@@ -91,7 +91,7 @@ def test_existing_destination_is_kept_unless_forced(hf_dirs, tmp_path):
     destination = tmp_path / "out"
     destination.mkdir()
     (destination / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="exists and is not empty; pass --force"):
+    with pytest.raises(ConfigError, match="exists and is not empty; pass `force`"):
         convert_weights(hf_dirs["mlm"], destination, probe=False)
     assert (destination / "notes.txt").read_text() == "mine"
     convert_weights(hf_dirs["mlm"], destination, force=True, probe=False)
@@ -110,7 +110,7 @@ def test_source_and_file_destinations_are_refused(hf_dirs, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         convert_weights(hf_dirs["mlm"], tmp_path / "file", force=True)
-    with pytest.raises(ConfigError, match="--to must be one of sbert, hf"):
+    with pytest.raises(ConfigError, match="`to` must be one of sbert, hf"):
         convert_weights(hf_dirs["mlm"], tmp_path / "x", to="onnx")
 
 

@@ -60,7 +60,10 @@ def test_quick_demo_writes_every_stage_and_the_report(quick_demo):
 def test_demo_commands_are_real_cli_commands(quick_demo):
     """Every 'same as: sbert ...' line parses with the real CLI, so the printed recipe cannot drift from it."""
     out, _ = quick_demo
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert_real_commands(json.loads((out / "report.json").read_text(encoding="utf-8")))
+
+
+def assert_real_commands(report: dict) -> None:
     group = typer.main.get_command(app)
     commands = [s["command"] for s in report["stages"] if s["command"]]
     assert len(commands) == len(STAGES) - 1  # all but the scikit-learn baseline
@@ -117,3 +120,71 @@ def test_example_scripts_are_valid():
         subprocess.run(["bash", "-n", str(script)], check=True)
     source = examples / "hf_interop.py"
     compile(source.read_text(encoding="utf-8"), str(source), "exec")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_demo(tmp_path_factory):
+    """`sbert demo --model` from a tiny random BertModel in HF format: an encoder without an MLM head."""
+    from conftest import make_hf_checkpoint
+
+    checkpoint = make_hf_checkpoint(tmp_path_factory.mktemp("hf") / "headless", "base")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(app, ["demo", "--model", str(checkpoint), "--quick", "--out", str(out),
+                                      "--device", "cpu", "--precision", "fp32"])
+    return checkpoint, out, result
+
+
+def test_demo_from_a_checkpoint_continues_its_pretraining_and_says_so(checkpoint_demo):
+    checkpoint, out, result = checkpoint_demo
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [s["name"] for s in report["stages"]] == list(STAGES)
+    assert report["starting_model"]["checkpoint"] == str(checkpoint)
+    assert report["starting_model"]["description"] == f"checkpoint {checkpoint}"
+    assert report["starting_model"]["config"] is None
+    new_head = report["starting_model"]["new_mlm_head"]
+    assert new_head and all(name.startswith("mlm_head.") for name in new_head)  # BertModel: no cls.predictions
+    assert "note: the checkpoint has no MLM head" in result.output
+    assert report["precision"] == "fp32" and report["device"] == "cpu"
+
+    stages = {s["name"]: s for s in report["stages"]}
+    for name in ("make-mlm-data", "pretrain"):  # the model's vocab; continued pretraining of the model
+        argv = shlex.split(stages[name]["command"])
+        assert argv[argv.index("--model") + 1] == str(checkpoint) and "--config" not in argv
+    for name, situation in (("pretrain", "new MLM head"), ("train-cls", "fine-tuning")):
+        # no --lr printed, and none given: the rule chose the rate for the situation, as the command would
+        assert "--lr" not in shlex.split(stages[name]["command"])
+        assert (stages[name]["lr_source"], stages[name]["lr_situation"]) == ("rule", situation)
+    run = json.loads((out / "pretrain" / "run.json").read_text(encoding="utf-8"))
+    assert run["model"] == str(checkpoint) and run["config"] is None and run["train"]["epochs"] == 1
+    classifier_run = json.loads((out / "classifier" / "run.json").read_text(encoding="utf-8"))
+    assert (classifier_run["train"]["epochs"], classifier_run["train"]["batch_size"]) == (1, 32)  # --quick: 1 epoch
+    assert_real_commands(report)
+
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    summary = result.output.split("summary")[-1]
+    for text in (markdown, summary):
+        assert f"checkpoint {checkpoint}" in text
+        assert "from scratch" not in text
+    assert "from scratch" not in result.output
+    assert f"{report['dev_accuracy']['bert']:.4f}" in summary and f"{report['dev_accuracy']['tfidf_linear_svm']:.4f}" in summary
+
+
+def test_full_demo_from_a_checkpoint_uses_modest_settings():
+    from sbert_cli.demo import FULL, QUICK, starting_from
+
+    full, quick = starting_from("m", FULL), starting_from("m", QUICK)
+    assert (full.pretrain_epochs, full.cls_epochs, full.cls_batch_size, full.max_seq_len) == (1, 3, 32, 64)
+    assert full.dynamic_masking and full.pretrain_lr is None and full.cls_lr is None and full.config_name is None
+    assert (quick.train_lines, quick.pretrain_epochs, quick.cls_epochs) == (200, 1, 1)
+    assert starting_from(None, FULL) == FULL
+
+
+def test_demo_with_a_missing_model_folder_fails_in_one_line_before_writing(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "no-such-model"), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no such model folder" in lines[0], result.output
+    assert not out.exists()

@@ -123,7 +123,7 @@ def test_pooler_refused_without_pooler_weights(hf_mlm_dir):
     embedder = load_embedder(hf_mlm_dir, device="cpu")
     with pytest.raises(ModelLoadError, match="no pooler weights"):
         embedder.embed(["你好"], pooling="pooler")
-    with pytest.raises(ConfigError, match="--pooling"):
+    with pytest.raises(ConfigError, match="`pooling`"):
         load_embedder(hf_mlm_dir, pooling="max", device="cpu")
 
 
@@ -134,7 +134,7 @@ def test_sentence_transformers_dirs_we_cannot_follow(st_mean_dir, tmp_path):
                "pooling_mode_max_tokens": True}
     (legacy / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     assert read_sentence_transformers_dir(legacy).pooling == "max"
-    with pytest.raises(ModelLoadError, match="pooling is 'max'.*--pooling"):
+    with pytest.raises(ModelLoadError, match="pooling is 'max'.*`pooling`"):
         load_embedder(legacy, device="cpu")
     assert load_embedder(legacy, pooling="mean", device="cpu").settings.pooling == "mean"  # chosen by the user
 

@@ -139,7 +139,7 @@ def test_infer_task_both_heads_asks_for_task(hf_mlm_dir, tmp_path):
     config = ck.config.with_labels(["a", "b"])
     state = {**ck.state, "classifier.weight": torch.zeros(2, config.hidden_size), "classifier.bias": torch.zeros(2)}
     both = save_model_dir(tmp_path / "both", config, state, BertTokenizer.from_model_dir(hf_mlm_dir), task="pretrain")
-    with pytest.raises(ConfigError, match="--task cls or --task mlm"):
+    with pytest.raises(ConfigError, match="`task` cls or `task` mlm"):
         infer_task(both)
 
 

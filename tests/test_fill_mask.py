@@ -159,7 +159,7 @@ def test_text_longer_than_the_model_is_an_error(loaded):
 
 
 def test_top_k_below_one_is_refused(loaded):
-    with pytest.raises(ConfigError, match="--top-k must be at least 1"):
+    with pytest.raises(ConfigError, match="`top_k` must be at least 1"):
         fill_mask(*loaded, ["有[MASK]"], top_k=0)
 
 

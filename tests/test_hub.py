@@ -224,7 +224,7 @@ def test_non_empty_out_is_refused_without_force(served, tmp_path):
     assert run("org/tiny", "--force").returncode == 0
     assert (out / "notes.txt").read_text() == "mine"
 
-    with pytest.raises(DownloadError, match="already holds a download of org/tiny; .* --force"):
+    with pytest.raises(DownloadError, match="already holds a download of org/tiny; .* `force`"):
         hub.download("org/tiny-bin", out_dir=out)
     switched = run("org/tiny-bin", "--force")
     assert switched.returncode == 0, switched.stderr

@@ -9,13 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
+from sbert_cli.cli.train import rule_help
 from sbert_cli.tasks.lr_rule import (
     CONTINUE,
     FINE_TUNE,
     NEW_HEAD,
     SCRATCH,
     choose_lr,
-    rule_help,
     short,
     situation_of,
     with_chosen_lr,
@@ -53,11 +53,11 @@ def test_scratch_rates_are_far_above_fine_tuning_rates():
 def test_chosen_only_when_not_given(tmp_path):
     config, choice = with_chosen_lr(TrainConfig(out_dir=tmp_path), "cls", 64, True, [])
     assert (config.lr, config.warmup_ratio) == (2e-3, 0.1) and choice.chosen
-    assert choice.describe() == "lr 2e-3 (from scratch; --lr to change)"
+    assert choice.describe() == "lr 2e-3 (from scratch; `lr` to change)"
     assert choice.to_json() == {"lr": 2e-3, "warmup_ratio": 0.1, "situation": "from scratch", "source": "rule"}
     config, choice = with_chosen_lr(TrainConfig(out_dir=tmp_path, lr=3e-4, warmup_ratio=0.0), "cls", 64, True, [])
     assert (config.lr, config.warmup_ratio) == (3e-4, 0.0) and not choice.chosen
-    assert choice.describe() == "lr 3e-4 (--lr)"
+    assert choice.describe() == "lr 3e-4 (`lr`)"
     TrainConfig(out_dir=tmp_path).validate()  # None means "choose", not an error
 
 

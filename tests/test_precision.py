@@ -139,7 +139,7 @@ def test_machine_description_and_threads():
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
         assert 1 <= configure_threads(None, sample_s=0.01) <= machine["usable_cpus"]
-        with pytest.raises(ConfigError, match="--threads must be between 1 and"):
+        with pytest.raises(ConfigError, match="`threads` must be between 1 and"):
             configure_threads(0)
     finally:
         torch.set_num_threads(previous)

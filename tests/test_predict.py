@@ -97,6 +97,24 @@ def test_cli_reads_stdin_and_writes_tsv(hf_cls_dir):
     assert all(len(row) == 3 and row[1] in LABELS and 0 <= float(row[2]) <= 1 for row in rows)
 
 
+@pytest.mark.parametrize("output", [["--format", "tsv"], ["--json"]])
+def test_cli_says_once_on_stderr_how_many_blank_lines_it_skipped(hf_cls_dir, tmp_path, output):
+    plain = _predict("-m", hf_cls_dir, "--precision", "fp32", *output, input="\n".join(TEXTS) + "\n")
+    assert plain.exit_code == 0, plain.output
+    assert "blank line" not in plain.stderr
+    with_blanks = "\n" + TEXTS[0] + "\n  \n" + "\n".join(TEXTS[1:]) + "\n\n"  # 3 blank lines, one only spaces
+    piped = _predict("-m", hf_cls_dir, "--precision", "fp32", *output, input=with_blanks)
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == plain.stdout  # one prediction per text, as without the blank lines
+    assert piped.stderr.count("note: skipped 3 blank lines (no text to classify)") == 1, piped.stderr
+    one_blank = tmp_path / "texts.txt"  # --file goes through the classification reader: counted there too
+    one_blank.write_text("\n".join(TEXTS[:2]) + "\n\n" + "\n".join(TEXTS[2:]) + "\n", encoding="utf-8")
+    from_file = _predict("-m", hf_cls_dir, "--precision", "fp32", *output, "--file", one_blank)
+    assert from_file.exit_code == 0, from_file.output
+    assert from_file.stdout == plain.stdout
+    assert "note: skipped 1 blank line (no text to classify)" in from_file.stderr
+
+
 def test_cli_file_table(hf_cls_dir, data_file):
     result = _predict("-m", hf_cls_dir, "--file", data_file, "--format", "table")
     assert result.exit_code == 0, result.output

@@ -29,7 +29,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         (0, 0, "untrained"),
         (0, 2, "untrained"),  # chance puts about 1 of 207 in a top 100 (100/21128 each)
         (0, 5, "untrained"),
-        (0, 6, "weak"),  # binomial tail below 1e-3
+        (0, 7, "untrained"),  # a fresh head on m3e-small (seed 2): above uniform chance, still untrained
+        (0, 20, "untrained"),
+        (0, 21, "weak"),  # 10% in the top 100
+        (0, 41, "weak"),  # m3e-small's fresh head after one training step
         (0, 60, "weak"),  # the demo's tiny BERT: 0 top-1, 3 top-5, 60 top-100
         (41, 150, "weak"),
         (42, 150, "trained"),  # 20% top-1

@@ -331,3 +331,25 @@ def test_sbert_serve_exits_0_on_sigterm_after_answering(both_heads_dir):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.05), ("int8", 0.1)])
+def test_reduced_precisions_convert_the_weights_once_and_stay_close(both_heads_dir, service, precision, tolerance):
+    """serve --precision bf16|int8 (int8: inference only, as eval/predict/fill-mask take it) converts every head
+    once at load, as the other inference commands do, and answers close to fp32."""
+    import torch
+
+    reduced = ModelService(both_heads_dir, precision=precision, device="cpu")
+    assert reduced.info()["precision"] == precision
+    if precision == "bf16":  # the weights themselves are bf16: no autocast re-casts them per call
+        assert reduced.mlm.mlm_head.dense.weight.dtype == torch.bfloat16
+        assert reduced.classifier.model.bert.layers[0].attention.query.weight.dtype == torch.bfloat16
+    else:  # dynamic quantization replaced the Linear layers of the encoder and of the MLM head
+        assert not isinstance(reduced.mlm.mlm_head.dense, torch.nn.Linear)
+        assert not isinstance(reduced.classifier.model.bert.layers[0].attention.query, torch.nn.Linear)
+    got, want = (s.run("embed", (None, None), TEXTS) for s in (reduced, service))
+    assert np.allclose([r["embedding"] for r in got], [r["embedding"] for r in want], atol=tolerance)
+    # A random tiny model's candidates are near ties, so their order may differ: compare the shape of the answers.
+    for kind, options, texts in (("predict", (2,), TEXTS), ("fill-mask", (3, False), MASKED)):
+        got, want = reduced.run(kind, options, texts), service.run(kind, options, texts)
+        assert len(got) == len(want) and all(set(g) == set(w) for g, w in zip(got, want))

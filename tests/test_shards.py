@@ -106,7 +106,7 @@ def test_output_dir_is_refused_when_not_empty_unless_forced(tmp_path):
     written_dir = tmp_path / "d"
     write_random_data(written_dir, masked=True)
     (written_dir / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(ConfigError, match="`force`"):
         prepare_output_dir(written_dir, force=False)
     outputs = prepare_output_dir(written_dir, force=True)
     assert outputs.created is False

@@ -12,7 +12,7 @@ from sbert_cli.errors import ConfigError, ResumeError
 from sbert_cli.model.bert import build_model
 from sbert_cli.model.config import preset
 from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
-from sbert_cli.train.distributed import resume_command
+from sbert_cli.cli.train import resume_command
 from sbert_cli.train.loop import TrainConfig, lr_factor, optimizer_groups
 from sbert_cli.train.state import check_run_dir, checkpoint_dirs, latest_checkpoint, load_trainer_state
 
@@ -55,11 +55,11 @@ def test_no_weight_decay_on_biases_and_layer_norm():
     "changes, message",
     [
         (dict(resume=True, force=True), "give one of them"),
-        (dict(epochs=0), "--epochs must be at least 1"),
-        (dict(grad_accum=0), "--grad-accum must be at least 1"),
-        (dict(schedule="step"), "--schedule 'step'"),
-        (dict(lr=-1.0), "--lr must be a positive number"),
-        (dict(warmup_ratio=1.5), "--warmup-ratio"),
+        (dict(epochs=0), "`epochs` must be at least 1"),
+        (dict(grad_accum=0), "`grad_accum` must be at least 1"),
+        (dict(schedule="step"), "`schedule` 'step'"),
+        (dict(lr=-1.0), "`lr` must be a positive number"),
+        (dict(warmup_ratio=1.5), "`warmup_ratio`"),
     ],
 )
 def test_config_validation(tmp_path, changes, message):
@@ -70,7 +70,7 @@ def test_config_validation(tmp_path, changes, message):
 def test_run_dir_rules(tmp_path):
     check_run_dir(tmp_path / "new", resume=False, force=False)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="is not empty; continue it with --resume"):
+    with pytest.raises(ConfigError, match="is not empty; continue it with `resume`"):
         check_run_dir(tmp_path, resume=False, force=False)
     check_run_dir(tmp_path, resume=False, force=True)
     with pytest.raises(ResumeError, match="no checkpoint under"):

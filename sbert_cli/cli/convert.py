@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sbert_cli.cli.app import app, console, err_console
+from sbert_cli.cli.app import app, console, err_console, in_flags
 
 
 @app.command("convert-weights")
@@ -62,11 +62,12 @@ def convert_weights_command(
         )
     console.print(table)
     for note in summary.notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"note: {in_flags(note)}", soft_wrap=True)
     if probe_result is not None and probe_result.looks_untrained:
         err_console.print(
             f"[bold red]warning:[/] the MLM head restores only {probe_result.top100_accuracy:.1%} of masked characters in "
-            f"everyday sentences even within its top 100: no better than chance ({100 * probe_result.chance:.2%}). It was "
+            f"everyday sentences even within its top 100 (chance: {100 * probe_result.chance:.2%}; a head trained for even one "
+            "step: about 20%). It was "
             "probably never trained or was saved without its weights: fill-mask output will be noise, and continued "
             "pretraining starts from an untrained head.",
             soft_wrap=True,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sbert_cli.cli.app import app, console
+from sbert_cli.cli.app import app, console, in_flags
 
 KIND_STYLES = {"mask": "bold white on red", "random": "bold black on yellow", "unchanged": "bold black on green"}
 
@@ -15,10 +15,11 @@ KIND_STYLES = {"mask": "bold white on red", "random": "bold black on yellow", "u
 @app.command("make-mlm-data")
 def make_mlm_data_command(
     inputs: list[Path] = typer.Argument(
-        ..., help="Text files: .txt (a sentence or document per line, blank line between documents), "
-        "TSV such as THUCNews (text<TAB>label), .jsonl; .gz accepted.", show_default=False,
+        ..., metavar="INPUT", help="Text files: .txt (a sentence or document per line, blank line between documents), "
+        "TSV such as THUCNews (text<TAB>label), .jsonl; .gz accepted; - reads standard input (once, alone or "
+        "among files).", show_default=False,
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory. Default: ./NAME-mlm for the first input."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory. Default: ./NAME-mlm for the first input (./stdin-mlm for -)."),
     model: Optional[str] = typer.Option(None, "--model", help="Use the vocab of this model dir or hub repo id."),
     vocab: Optional[Path] = typer.Option(None, "--vocab", help="Use this vocab.txt. Default: the bundled Chinese BERT vocab."),
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Tokens per sequence, [CLS] and [SEP] included."),
@@ -123,7 +124,7 @@ def _print_report(report) -> None:
         table.add_row("masked", "-", "none (--no-mask): pretrain --dynamic-masking masks")
     table.add_row("speed", f"{report.lines_per_second:,.0f}", f"lines/s ({report.seconds:.1f} s)")
     for note in report.notes:
-        console.print(f"note: {note}", soft_wrap=True, markup=False)
+        console.print(f"note: {in_flags(note)}", soft_wrap=True, markup=False)
     console.print(f"wrote [bold]{report.out}[/] ({shards} shard{'s' if shards != 1 else ''}, {decimal(size)})", soft_wrap=True)
     console.print(table)
     if skipped:

@@ -18,7 +18,7 @@ EXAMPLE_TEXT = "巴黎是[MASK]国的首都。"
 
 @app.command("download")
 def download_command(
-    repo_id: str = typer.Argument(DEFAULT_REPO, help="Hub repo id (owner/name)."),
+    repo_id: str = typer.Argument(DEFAULT_REPO, metavar="REPO_ID", help="Hub repo id (owner/name)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Folder to put the files in. Default: the Hugging Face cache (HF_HOME)."
     ),

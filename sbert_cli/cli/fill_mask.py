@@ -16,7 +16,7 @@ from sbert_cli.model.hub import (
 
 @app.command("fill-mask")
 def fill_mask_command(
-    texts: Optional[list[str]] = typer.Argument(None, metavar="TEXT...", help="Texts with [MASK] where tokens are to be predicted."),
+    texts: Optional[list[str]] = typer.Argument(None, metavar="TEXT", help="Texts with [MASK] where tokens are to be predicted."),
     model: str = typer.Option(DEFAULT_REPO, "--model", "-m", help="Model dir (sbert or HF) or hub repo id."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Candidates per mask."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text instead of tables."),

@@ -17,6 +17,8 @@ from typing_extensions import Annotated
 TRAINING = "Training"
 RUN = "Run dir, checkpoints and evaluation"
 HARDWARE = "Device and precision"
+THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
+                "when the command starts).")
 
 
 def _option(*names: str, help: str, panel: str | None = None, **kwargs) -> Any:
@@ -45,6 +47,7 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
     "plot": (bool, _option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", panel=RUN), True),
     "precision": (str, _option("--precision", help="auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", panel=HARDWARE), "auto"),
     "device": (str, _option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", panel=HARDWARE), "auto"),
+    "threads": (Optional[int], _option("--threads", help=THREADS_HELP + " Under torchrun: per process.", panel=HARDWARE), None),
     "dist_timeout": (float, _option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", panel=HARDWARE), 600.0),
 }
 
@@ -79,8 +82,6 @@ INFERENCE = "Model and inference"
 PRECISION_HELP = "auto (bf16 where the hardware does it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."
 # bf16 weights are converted once at load; int8 pays off at BERT-base size, not tiny models.
 INFERENCE_PRECISION_HELP = PRECISION_HELP.removesuffix(".") + ", or int8 (CPU: dynamic quantization of the Linear layers)."
-THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
-                "when the command starts).")
 Precision = Annotated[str, typer.Option("--precision", help=INFERENCE_PRECISION_HELP, rich_help_panel=INFERENCE)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=INFERENCE)]
 Threads = Annotated[Optional[int], typer.Option("--threads", help=THREADS_HELP, rich_help_panel=INFERENCE)]

@@ -36,17 +36,22 @@ def training_progress(console: Console):
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=console,
             )
-            self.task_id = None
+            self.bar_id = None
             self.total = 0
             self.window: collections.deque = collections.deque(maxlen=WINDOW_STEPS + 1)
             self.best_rate = 0.0
             self.rates_seen = 0
             self.warned = False
+            self.cpu_use = None  # precision.CpuUse from start(): what other processes take of our cores
+            self.others_busy = 0.0
 
         def start(self, step: int, total_steps: int) -> None:
             self.total = total_steps
-            self.task_id = self.progress.add_task("train", total=total_steps, completed=step, stats="", eta="?")
+            self.bar_id = self.progress.add_task("train", total=total_steps, completed=step, stats="", eta="?")
             self.window.append((time.perf_counter(), step))
+            from sbert_cli.model.precision import CpuUse
+
+            self.cpu_use = CpuUse()
             self.progress.start()
 
         def step(self, step: int, stats: dict | None) -> None:
@@ -55,7 +60,7 @@ def training_progress(console: Console):
             if stats is not None:
                 fields["stats"] = f"loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  {stats['tokens_per_s']:,.0f} tok/s"
                 self.watch_rate(stats["tokens_per_s"])
-            self.progress.update(self.task_id, completed=step, **fields)
+            self.progress.update(self.bar_id, completed=step, **fields)
 
         def eta(self, step: int) -> str:
             if len(self.window) < 3:  # the first step is no guide (warm-up); wait for two more
@@ -70,20 +75,42 @@ def training_progress(console: Console):
 
         def watch_rate(self, rate: float) -> None:
             self.rates_seen += 1
+            if self.cpu_use is not None:
+                self.others_busy = self.cpu_use.others_busy()  # since the last logged rate
             if self.rates_seen > COLLAPSE_AFTER and not self.warned and rate < COLLAPSE_RATIO * self.best_rate:
                 self.warned = True
                 self.message(
                     f"note: throughput fell from {self.best_rate:,.0f} to {rate:,.0f} tokens/s; another process is probably "
-                    "competing for the CPU cores"
+                    f"competing for the CPU cores{self.threads_hint()}"
                 )
             if self.rates_seen > 1:  # the first logged rate includes warm-up
                 self.best_rate = max(self.best_rate, rate)
+
+        def threads_hint(self) -> str:
+            """"(1 of 2 cores free: try --threads 1 ...)" when fewer cores are free than torch uses (one process)."""
+            import os
+
+            import torch
+
+            from sbert_cli.model.precision import usable_cpus
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the other ranks are busy on purpose
+                return ""
+            cores, threads = usable_cpus(), torch.get_num_threads()
+            free = cores - round(self.others_busy)
+            if 1 <= free < threads:
+                return (f" ({free} of {cores} cores free, {threads} threads waiting on each other: `threads` {free} "
+                        "on a rerun, or resume with it, runs steadier)")
+            return ""
 
         def evaluated(self, step: int, metrics: dict, improved: bool) -> None:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             self.message(f"eval step {step}: {shown}" + ("  [green]best[/]" if improved else ""))
 
         def message(self, text: str) -> None:
+            from sbert_cli.cli.app import in_flags
+
+            text = in_flags(text)  # the loop's notes name fields (`lr`); say them as this command's flags
             if text.startswith("note:"):
                 text = "[yellow]note:[/]" + text[len("note:"):]
             self.console.print(text, soft_wrap=True)

@@ -159,7 +159,7 @@ def _render_mlm(summary: dict) -> None:
 @app.command("predict")
 @with_options(MODEL_RUN_OPTIONS)
 def predict_command(
-    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify (or use --file, or pipe one text per line)."),
+    texts: Optional[List[str]] = typer.Argument(None, metavar="TEXT", help="Texts to classify (or use --file, or pipe one text per line)."),
     model: str = typer.Option(..., "--model", "-m", help="Classifier model dir or hub repo id."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="Texts to classify: one per line, text<TAB>label, CSV or JSONL; - for stdin."),
     top_k: int = typer.Option(1, "--top-k", "-k", help="Labels to show per text, most probable first."),
@@ -192,6 +192,9 @@ def predict_command(
             for prediction in predictions:
                 sys.stdout.write(_prediction_line(prediction, output_format) + "\n")
             sys.stdout.flush()
+    blank = inputs.read.blank_lines
+    if blank:  # on stderr: stdout keeps one prediction per text
+        err_console.print(f"note: skipped {blank} blank line{'s' if blank != 1 else ''} (no text to classify)", markup=False)
     err_console.print(f"predict: {classifier.runtime.summary('texts')}")
 
 

@@ -40,7 +40,7 @@ def _output_format(out: Path | None, output_format: str | None) -> str:
 
 @app.command("embed")
 def embed_command(
-    texts: Annotated[Optional[List[str]], typer.Argument(metavar="[TEXT]...", help="Texts to embed (or use --file, or pipe one text per line).")] = None,
+    texts: Annotated[Optional[List[str]], typer.Argument(metavar="TEXT", help="Texts to embed (or use --file, or pipe one text per line).")] = None,
     model: Model = ...,
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Texts: one per line (.txt), TSV (first column), JSONL (\"text\"), .gz too; - for stdin.")] = None,
     pooling: Pooling = None,
@@ -133,7 +133,7 @@ def _write_lines(chunks, fmt: str, out: Path | None, embedding_json) -> int:
 
 @app.command("similar")
 def similar_command(
-    query: Annotated[str, typer.Argument(help="The text to search for.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="The text to search for.")],
     model: Model = ...,
     file: Annotated[Path, typer.Option("--file", "-f", help="The corpus: one text per line (.txt), TSV (first column), JSONL (\"text\"), .gz too.")] = ...,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Texts to show, most similar first.")] = 10,

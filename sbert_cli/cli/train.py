@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -9,17 +12,20 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, with_options
+from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, set_threads, with_options
 from sbert_cli.cli.progress import training_progress
-from sbert_cli.tasks.lr_rule import rule_help
+from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
 
 ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
 Vocab = Annotated[Optional[Path], typer.Option("--vocab", help="With --config: vocab.txt (default: the bundled Chinese BERT vocab).")]
 
 
 def _train_config(parameters: dict):
-    """The TrainConfig of a training command, from its parameters (called with locals() first thing)."""
+    """The TrainConfig of a training command, from its parameters (called with locals() first thing); applies
+    --threads before any model is built (see precision.configure_threads)."""
     import dataclasses
+
+    set_threads(parameters["threads"])
 
     from sbert_cli.train.loop import TrainConfig
 
@@ -32,6 +38,36 @@ def _train_config(parameters: dict):
     elif options["epochs"] is None:
         options["epochs"] = 3
     return TrainConfig(**options)
+
+
+def rule_help(task: str) -> str:
+    """The lr rule (tasks/lr_rule.py) in one sentence, for --help."""
+    if task == "cls":
+        shown = [(SCRATCH, "--config"), (FINE_TUNE, "--model")]
+    else:
+        shown = [(SCRATCH, "--config"), (NEW_HEAD, "--model without an MLM head"), (CONTINUE, "--model with one")]
+    cases = "; ".join(f"{name} ({flag}): {rates(name)}" for name, flag in shown)
+    return f"Peak learning rate. Default: chosen by situation, with {WARMUP_RATIO:.0%} warmup — {cases}. The run's first lines say which."
+
+
+def resume_command() -> str:
+    """The command line that started this process, with --resume: what to run to continue."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "sbert_cli")):
+        argv[0:1] = ["python", "-m", "sbert_cli"]
+    elif argv:
+        argv[0] = Path(argv[0]).name
+    from sbert_cli.train.distributed import DistributedEnv
+
+    env = DistributedEnv.from_env()
+    if env.distributed:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", str(env.world_size))
+        argv = ["torchrun", f"--nproc-per-node={nproc}", "-m", "sbert_cli", *argv[3:]] if argv[:3] == ["python", "-m", "sbert_cli"] else ["torchrun", f"--nproc-per-node={nproc}", *argv]
+    argv = [a for a in argv if a != "--force"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(argv)
+
 
 
 @app.command("train-cls")
@@ -90,8 +126,6 @@ def _print_run_summary(result) -> None:
     if result.best_step is not None and not result.interrupted:
         console.print(f"best at step {result.best_step}: {result.best_value:.4f}")
     if result.interrupted:
-        from sbert_cli.train.distributed import resume_command
-
         console.print(f"stopped at step {result.step}; checkpoint saved to {result.checkpoint}", soft_wrap=True)
         console.print(f"resume with: {resume_command()}", soft_wrap=True, markup=False)  # one line, to copy
         raise typer.Exit(128 + (result.stop_signal or 2))
@@ -136,7 +170,7 @@ def pretrain(
 
 @app.command("plot")
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A run dir written by train-cls or pretrain (with metrics.jsonl).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run dir written by train-cls or pretrain (with metrics.jsonl).")],
 ) -> None:
     """Redraw RUN_DIR/curves.png (loss and metrics against step) from RUN_DIR/metrics.jsonl."""
     from sbert_cli.plots import plot_training_curves

@@ -29,6 +29,7 @@ class ClassificationData:
     labels: list[int] | None  # None when the file has no label column (predict)
     label_names: list[str]  # id -> name
     line_numbers: list[int]  # 1-based source line of each example
+    blank_lines: int = 0  # blank lines (rows without text) skipped: they are no examples
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -89,7 +90,11 @@ def read_classification_file(
     pairs: list[str | None] = []
     raw_labels: list[str | None] = []
     line_numbers: list[int] = []
+    blank_lines = 0
     for line_number, text, pair, label in rows:
+        if text is None:  # a blank line
+            blank_lines += 1
+            continue
         if not text.strip():
             raise DataError(f"{path}:{line_number}: empty text")
         if label is not None and not label.strip():
@@ -119,7 +124,7 @@ def read_classification_file(
         labels = _label_ids(path, raw_labels, line_numbers, names, allow_new_labels and label_names is not None, label_source)
     elif label_names is None:
         names = []
-    return ClassificationData(path, texts, pairs if any(with_pair) else None, labels, names, line_numbers)
+    return ClassificationData(path, texts, pairs if any(with_pair) else None, labels, names, line_numbers, blank_lines)
 
 
 def _sorted_label_names(raw_labels: list[str]) -> list[str]:
@@ -174,6 +179,7 @@ def _tsv_rows(path, text_column, pair_column, label_column, require_labels):
     expected = None
     for line_number, line in _read_lines(path):
         if not line.strip():
+            yield line_number, None, None, None  # a blank line: counted, no example
             continue
         fields = line.split("\t")
         if expected is None:
@@ -183,7 +189,7 @@ def _tsv_rows(path, text_column, pair_column, label_column, require_labels):
                     layout = "text<TAB>label or text<TAB>pair<TAB>label"
                     raise DataError(
                         f"{path}:{line_number}: expected {layout}, found {expected} tab-separated column(s); "
-                        "pick columns with --text-column/--label-column or use .csv/.jsonl"
+                        "keep those layouts, or use .csv/.jsonl with named columns"
                     )
                 text_i, pair_i, label_i = {1: (0, None, None), 2: (0, None, 1), 3: (0, 1, 2)}[expected]
             else:
@@ -225,7 +231,7 @@ def _pick(names_present, wanted, preferred: tuple[str, ...], path: Path, what: s
             return name
     if required:
         raise DataError(
-            f"{path}: no {what} column; name one with --{what}-column (columns: {', '.join(names_present)})"
+            f"{path}: no {what} column among {', '.join(names_present)}; name it {' or '.join(map(repr, preferred))}"
         )
     return None
 
@@ -258,6 +264,7 @@ def _csv_rows(path, text_column, pair_column, label_column):
         for row in reader:
             line_number = reader.line_num
             if not row or not any(cell.strip() for cell in row):
+                yield line_number, None, None, None  # a blank line: counted, no example
                 continue
             if len(row) != len(header):
                 raise DataError(f"{path}:{line_number}: {len(row)} column(s), but the header has {len(header)}")
@@ -274,6 +281,7 @@ def _csv_rows(path, text_column, pair_column, label_column):
 def _jsonl_rows(path, text_column, pair_column, label_column):
     for line_number, line in _read_lines(path):
         if not line.strip():
+            yield line_number, None, None, None  # a blank line: counted, no example
             continue
         try:
             obj = json.loads(line)

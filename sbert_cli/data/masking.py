@@ -29,12 +29,12 @@ class MaskingConfig:
 
     def __post_init__(self):
         if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ConfigError(f"--masked-lm-prob must be between 0 and 1, not {self.masked_lm_prob}")
+            raise ConfigError(f"`masked_lm_prob` must be between 0 and 1, not {self.masked_lm_prob}")
         if self.max_predictions < 1:
-            raise ConfigError(f"--max-predictions must be at least 1, not {self.max_predictions}")
+            raise ConfigError(f"`max_predictions` must be at least 1, not {self.max_predictions}")
         if self.mask_token_prob < 0 or self.random_token_prob < 0 or self.mask_token_prob + self.random_token_prob > 1:
             raise ConfigError(
-                f"--mask-token-prob ({self.mask_token_prob}) and --random-token-prob ({self.random_token_prob}) "
+                f"`mask_token_prob` ({self.mask_token_prob}) and `random_token_prob` ({self.random_token_prob}) "
                 "must be non-negative and sum to at most 1 (the rest stay unchanged)"
             )
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from sbert_cli.data.shards import (
     vocab_sha256,
     write_manifest,
 )
-from sbert_cli.data.text_input import TextReader
+from sbert_cli.data.text_input import TextReader, is_stdin, source_name
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.limits import DUPE_FACTOR_WHY, MAX_DUPE_FACTOR, check_range, check_seed, usable_cpus
 from sbert_cli.outputs import OutputDir
@@ -46,7 +47,7 @@ from sbert_cli.model.tokenizer import BertTokenizer
 
 CHUNK_LINES = 2048
 CHUNK_CHARS = 1 << 20
-MAX_SHARD_SIZE = 1_000_000  # sequences; about 256 MB of memory at --max-seq-len 128
+MAX_SHARD_SIZE = 1_000_000  # sequences; about 256 MB of memory at max_seq_len 128
 SENTENCE_ENDS = ("。", "！", "？", "!", "?", "；", ";", "…")
 CLAUSE_ENDS = ("，", ",", "、", "：", ":", ".", "”", "」", "）", ")")
 
@@ -77,23 +78,23 @@ class MLMDataSettings:
 
     def __post_init__(self):
         if not 4 <= self.max_seq_len <= 1 << 16:
-            raise ConfigError(f"--max-seq-len must be between 4 and 65536, not {self.max_seq_len}")
-        check_range("--dupe-factor", self.dupe_factor, 1, MAX_DUPE_FACTOR, DUPE_FACTOR_WHY)
+            raise ConfigError(f"`max_seq_len` must be between 4 and 65536, not {self.max_seq_len}")
+        check_range("dupe_factor", self.dupe_factor, 1, MAX_DUPE_FACTOR, DUPE_FACTOR_WHY)
         check_seed(self.seed)
         if self.dupe_factor > 1 and not self.mask:
-            raise ConfigError("--dupe-factor makes differently masked copies; with --no-mask, pretrain re-masks each epoch instead")
+            raise ConfigError("`dupe_factor` makes differently masked copies; with `no_mask`, pretrain re-masks each epoch instead")
         if self.shard_size < 1 or self.chunk_lines < 1:
-            raise ConfigError("--shard-size (and the chunk size) must be at least 1")
-        check_range("--shard-size", self.shard_size, 1, MAX_SHARD_SIZE, "a shard is gathered in memory before it is written")
+            raise ConfigError("`shard_size` (and the chunk size) must be at least 1")
+        check_range("shard_size", self.shard_size, 1, MAX_SHARD_SIZE, "a shard is gathered in memory before it is written")
         if self.segmenter not in SEGMENTERS:
             raise ConfigError(f"unknown segmenter {self.segmenter!r}; choose one of {', '.join(SEGMENTERS)}")
         if self.user_dict and (self.segmenter == "none" or not self.whole_word):
-            raise ConfigError("--user-dict is for the word segmenter of whole-word masking; use --segmenter rjieba or jieba")
+            raise ConfigError("`user_dict` is for the word segmenter of whole-word masking; use `segmenter` rjieba or jieba")
         if self.max_predictions is None:
             valid = 0 < self.masked_lm_prob < 1  # else masking_config() below says what is wrong
             self.max_predictions = max(1, round(self.max_seq_len * self.masked_lm_prob)) if valid else 1
-        check_range("--max-predictions", self.max_predictions, 1, self.max_seq_len - 2,
-                    "a sequence has --max-seq-len - 2 tokens besides [CLS] and [SEP]")
+        check_range("max_predictions", self.max_predictions, 1, self.max_seq_len - 2,
+                    "a sequence has `max_seq_len` - 2 tokens besides [CLS] and [SEP]")
         self.masking_config()  # validates the probabilities
 
     def masking_config(self) -> MaskingConfig:
@@ -138,7 +139,7 @@ class MLMDataReport:
     manifest: dict
     seconds: float
     skipped_examples: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # e.g. --workers lowered to the usable CPUs
+    notes: list[str] = field(default_factory=list)  # e.g. workers lowered to the usable CPUs
 
     @property
     def counts(self) -> dict[str, int]:
@@ -387,7 +388,7 @@ def _chunk_result(item) -> ChunkResult:
 def resolve_tokenizer(model: str | None = None, vocab: str | Path | None = None) -> BertTokenizer:
     """The tokenizer of --model (dir or repo id), of --vocab, or the bundled Chinese BERT vocab."""
     if model and vocab:
-        raise ConfigError("give --model or --vocab, not both")
+        raise ConfigError("give `model` or `vocab`, not both")
     if model:
         from sbert_cli.model.model_dir import (
             load_tokenizer,  # imports torch: only when a model is named
@@ -402,8 +403,8 @@ def resolve_tokenizer(model: str | None = None, vocab: str | Path | None = None)
 
 
 def default_output_dir(first_input: str | Path) -> Path:
-    """train.txt or train.txt.gz -> ./train-mlm"""
-    name = Path(first_input).name
+    """train.txt or train.txt.gz -> ./train-mlm; - (stdin) -> ./stdin-mlm"""
+    name = "stdin" if is_stdin(first_input) else Path(first_input).name
     return Path((name.split(".")[0] or name) + "-mlm")
 
 
@@ -415,21 +416,23 @@ def make_mlm_data(
     *,
     workers: int = 1,
     force: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int | None], None] | None = None,
+    stdin: BinaryIO | None = None,
 ) -> MLMDataReport:
     """Read text files, write masked-LM shards and manifest.json to `out`, and report the counts.
 
-    progress(lines_done, bytes_read, total_bytes) is called after each chunk.
+    An input "-" is `stdin` (default: this process's standard input), read here, not by the workers.
+    progress(lines_done, bytes_read, total_bytes) is called after each chunk; total_bytes is None with stdin.
     """
     from sbert_cli import __version__
 
     settings = settings or MLMDataSettings()
     if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, not {workers}")
+        raise ConfigError(f"`workers` must be at least 1, not {workers}")
     notes = []
     if workers > usable_cpus():
         # Each worker is a process with its own tokenizer and segmenter: more than the CPUs only costs memory.
-        notes.append(f"--workers {workers}: this process may use {usable_cpus()} CPUs, so {usable_cpus()} workers run")
+        notes.append(f"`workers` {workers}: this process may use {usable_cpus()} CPUs, so {usable_cpus()} workers run")
         workers = usable_cpus()
     reader = TextReader(
         [Path(p) for p in inputs],
@@ -437,11 +440,12 @@ def make_mlm_data(
         text_column=settings.text_column,
         text_field=settings.text_field,
         on_bad_lines=settings.on_bad_lines,
+        stdin=stdin if stdin is not None else getattr(sys.stdin, "buffer", None),
     )
     if settings.user_dict:
         read_user_dict(settings.user_dict)  # fail before any work on a bad dictionary
     out = Path(out)
-    outputs = prepare_output_dir(out, force, reads=tuple(reader.paths))
+    outputs = prepare_output_dir(out, force, reads=tuple(p for p in reader.paths if not is_stdin(p)))
     dtypes = array_dtypes(max(tokenizer.ids_to_tokens) + 1, settings.max_seq_len)  # ids, not tokens: vocab.txt may repeat one
     writer = ShardWriter(out, dtypes, settings.mask, settings.shard_size)
     totals = dict.fromkeys(("lines",) + COUNT_NAMES, 0)
@@ -460,7 +464,7 @@ def make_mlm_data(
         if totals["sequences"] == 0:
             skipped = reader.stats.skipped_lines
             raise DataError(
-                f"{', '.join(map(str, reader.paths))}: no text to make sequences from"
+                f"{', '.join(map(source_name, reader.paths))}: no text to make sequences from"
                 + (f" ({skipped} lines skipped, e.g. {reader.stats.skipped_examples[0]})" if skipped else "")
             )
     except BaseException:
@@ -479,7 +483,7 @@ def make_mlm_data(
         "vocab_size": tokenizer.vocab_size,
         "vocab_sha256": vocab_sha256(tokenizer),
         "do_lower_case": tokenizer.do_lower_case,
-        "inputs": [str(p) for p in reader.paths],
+        "inputs": [source_name(p) for p in reader.paths],
         "settings": asdict(settings),
         "counts": {
             "lines": totals["lines"],

@@ -24,7 +24,7 @@ def read_user_dict(path: str | Path) -> list[tuple[str, int | None, str | None]]
     except FileNotFoundError:
         raise DataError(f"{path}: user dictionary not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; --user-dict takes a text file of words") from None
+        raise DataError(f"{path}: is a directory; `user_dict` takes a text file of words") from None
     entries = []
     for line_number, line in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -54,7 +54,7 @@ class Segmenter:
             raise ConfigError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
         entries = read_user_dict(user_dict) if user_dict else []
         if name == "none" and entries:
-            raise ConfigError("--user-dict needs a segmenter; use --segmenter rjieba or jieba")
+            raise ConfigError("`user_dict` needs a segmenter; use `segmenter` rjieba or jieba")
         self.name = name
         self._cut = None
         if name == "rjieba":

@@ -67,7 +67,7 @@ def prepare_output_dir(out: Path, force: bool, reads: tuple = ()) -> OutputDir:
     outputs = OutputDir(out)
     earlier = [MANIFEST] + [p.name for p in out.glob(f"{SHARD_PREFIX}*")] if out.is_dir() else []
     outputs.check(force, will_write=earlier, reads=reads,
-                  not_empty="directory exists and is not empty; pass --force to overwrite or choose another --out")
+                  not_empty="directory exists and is not empty; pass `force` to overwrite or choose another `out`")
     outputs.created = not out.exists()
     outputs.acquire()
     if force:

@@ -1,4 +1,4 @@
-"""Streaming raw-text input for make-mlm-data: plain text, TSV and JSONL files, optionally gzipped.
+"""Streaming raw-text input for make-mlm-data: plain text, TSV and JSONL files, optionally gzipped, or stdin.
 
 Files are read as bytes line by line, so memory does not depend on the file's size. A UTF-8 BOM and
 CRLF line ends are accepted. Bad lines (invalid UTF-8, NUL bytes, malformed TSV/JSONL rows, empty
@@ -7,11 +7,13 @@ rows) are either an error naming file and line, or skipped and counted, per kind
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, TextIO
+from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sbert_cli.errors import ConfigError, DataError
 
@@ -20,9 +22,9 @@ BAD_LINE_POLICIES = ("error", "skip")
 # What happens to each kind of bad line when --on-bad-lines is not given.
 DEFAULT_BAD_LINE_POLICY = {"encoding": "error", "malformed": "error", "empty": "skip"}
 BAD_LINE_HINTS = {
-    "encoding": "save the file as UTF-8 or pass --on-bad-lines skip",
-    "malformed": "fix the row or pass --on-bad-lines skip",
-    "empty": "remove the line or pass --on-bad-lines skip",
+    "encoding": "save the file as UTF-8 or pass `on_bad_lines` skip",
+    "malformed": "fix the row or pass `on_bad_lines` skip",
+    "empty": "remove the line or pass `on_bad_lines` skip",
 }
 DEFAULT_TEXT_FIELD = "text"
 SNIFF_LINES = 64
@@ -39,8 +41,21 @@ class ReadStats:
     skipped_lines: int = 0
     skipped_by_kind: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)  # "file:line: reason", the first few
-    bytes_read: int = 0
-    total_bytes: int = 0
+    bytes_read: int = 0  # of the files on disk; stdin's bytes are not counted
+    total_bytes: int | None = 0  # None when stdin is read: its size is unknown
+
+
+STDIN = "-"  # the input name that means standard input
+STDIN_NAME = "<stdin>"  # how messages and manifests name it
+
+
+def is_stdin(path: str | Path) -> bool:
+    return str(path) == STDIN
+
+
+def source_name(path: str | Path) -> str:
+    """An input as messages name it: the path, or <stdin>."""
+    return STDIN_NAME if is_stdin(path) else str(path)
 
 
 def input_format(path: Path) -> str:
@@ -64,12 +79,18 @@ def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
     return raw, raw
 
 
-def check_input_files(paths: list[Path]) -> list[Path]:
-    """Existing, non-empty, readable files; DataError naming the first that is not."""
+def check_input_files(paths: list[Path], stdin_allowed: bool = False) -> list[Path]:
+    """Existing, non-empty, readable files (and, when stdin_allowed, "-" once: standard input);
+    DataError naming the first that is not."""
     if not paths:
         raise ConfigError("no input files given")
     checked = []
     for path in map(Path, paths):
+        if stdin_allowed and is_stdin(path):
+            if any(map(is_stdin, checked)):
+                raise ConfigError("- (standard input) is given twice; it can be read only once")
+            checked.append(path)
+            continue
         if not path.exists():
             raise DataError(f"{path}: no such file")
         if path.is_dir():
@@ -80,11 +101,40 @@ def check_input_files(paths: list[Path]) -> list[Path]:
     return checked
 
 
+def _all_have_tabs(lines: Iterable[bytes]) -> bool:
+    """Whether the first SNIFF_LINES non-blank lines all have a tab: a plain-text file with a stray tab stays plain text."""
+    sampled = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        if b"\t" not in line:
+            return False
+        sampled += 1
+        if sampled >= SNIFF_LINES:
+            break
+    return sampled > 0
+
+
+def _first_lines(stdin: BinaryIO) -> list[bytes]:
+    """The lines of stdin that _all_have_tabs may look at, read once and kept: a pipe cannot be read twice."""
+    head: list[bytes] = []
+    non_blank = 0
+    for line in stdin:
+        if not head and line.startswith(b"\x1f\x8b"):
+            raise DataError(f"{STDIN_NAME}: gzip-compressed data; give the .gz file by name or pipe it through `gunzip -c`")
+        head.append(line)
+        non_blank += bool(line.strip())
+        if non_blank >= SNIFF_LINES:
+            break
+    return head
+
+
 class TextReader:
     """Iterates (text, starts_document) over the lines of several files, counting what it skips.
 
     A blank line in a plain-text file separates documents; a TSV row or JSONL object is a document
-    of its own. `stats` is filled while iterating.
+    of its own. `stats` is filled while iterating. Given a `stdin` stream, a path "-" reads it (once), in
+    this process and in one pass: its first lines are kept for the format sniffing, not read twice.
     """
 
     def __init__(
@@ -94,22 +144,26 @@ class TextReader:
         text_column: int | None = None,
         text_field: str | None = None,
         on_bad_lines: str | None = None,
+        stdin: BinaryIO | None = None,
     ):
         if format not in FORMATS:
             raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         if on_bad_lines is not None and on_bad_lines not in BAD_LINE_POLICIES:
-            raise ConfigError(f"--on-bad-lines must be one of {', '.join(BAD_LINE_POLICIES)}, not {on_bad_lines!r}")
+            raise ConfigError(f"`on_bad_lines` must be one of {', '.join(BAD_LINE_POLICIES)}, not {on_bad_lines!r}")
         if text_column is not None and text_column < 0:
-            raise ConfigError(f"--text-column is a 0-based column index, not {text_column}")
-        self.paths = check_input_files(paths)
+            raise ConfigError(f"`text_column` is a 0-based column index, not {text_column}")
+        self.paths = check_input_files(paths, stdin_allowed=stdin is not None)
+        self.stdin = stdin
         self.format = format
         self.text_column = text_column
         self.text_field = text_field
         self.policy = {kind: on_bad_lines or default for kind, default in DEFAULT_BAD_LINE_POLICY.items()}
-        self.stats = ReadStats(total_bytes=sum(p.stat().st_size for p in self.paths))
+        reads_stdin = any(map(is_stdin, self.paths))
+        self.stats = ReadStats(total_bytes=None if reads_stdin else sum(p.stat().st_size for p in self.paths))
 
-    def file_format(self, path: Path) -> str:
-        """The format this reader uses for `path`: --format, else the suffix, else a look at its first lines."""
+    def file_format(self, path: Path, head: list[bytes] | None = None) -> str:
+        """The format this reader uses for `path`: --format, else the suffix, else a look at its first lines
+        (`head`: those of stdin, already read)."""
         if self.format != "auto":
             return self.format
         if self.text_field is not None:
@@ -119,28 +173,20 @@ class TextReader:
             return guessed
         if self.text_column is not None:
             return "tsv"
+        if head is not None:
+            return "tsv" if _all_have_tabs(head) else "txt"
         return "tsv" if self._looks_tab_separated(path) else "txt"
 
     def _looks_tab_separated(self, path: Path) -> bool:
-        # Only when every sampled line has a tab: a plain-text file with a stray tab stays plain text.
-        sampled = 0
         stream, raw = open_binary(path)
         with raw, stream:
             try:
-                for line in stream:
-                    if not line.strip():
-                        continue
-                    if b"\t" not in line:
-                        return False
-                    sampled += 1
-                    if sampled >= SNIFF_LINES:
-                        break
+                return _all_have_tabs(stream)
             except (OSError, EOFError) as e:
                 raise DataError(f"{path}: cannot read the file ({e})") from None
-        return sampled > 0
 
     def _bad_line(self, path: Path, line_number: int, kind: str, reason: str) -> None:
-        where = f"{path}:{line_number}: {reason}"
+        where = f"{source_name(path)}:{line_number}: {reason}"
         if self.policy[kind] == "error":
             raise DataError(f"{where}; {BAD_LINE_HINTS[kind]}")
         stats = self.stats
@@ -152,24 +198,30 @@ class TextReader:
     def __iter__(self) -> Iterator[tuple[str, bool]]:
         bytes_before = 0
         for path in self.paths:
-            size = path.stat().st_size
+            size = 0 if is_stdin(path) else path.stat().st_size
             yield from self._read_file(path, bytes_before)
             bytes_before += size
             self.stats.bytes_read = bytes_before
 
     def _read_file(self, path: Path, bytes_before: int) -> Iterator[tuple[str, bool]]:
-        fmt = self.file_format(path)
+        head = _first_lines(self.stdin) if is_stdin(path) else None
+        fmt = self.file_format(path, head)
         stats = self.stats
         column = self.text_column or 0
         text_field = self.text_field or DEFAULT_TEXT_FIELD
         expected_columns = None
         new_document = True
         line_number = 0
-        stream, raw_file = open_binary(path)
-        with raw_file, stream:
+        with contextlib.ExitStack() as opened:
+            if head is not None:
+                stream, raw_file = itertools.chain(head, self.stdin), None  # stdin stays open: not ours to close
+            else:
+                stream, raw_file = open_binary(path)
+                opened.enter_context(raw_file)
+                opened.enter_context(stream)
             try:
                 for line_number, raw in enumerate(stream, start=1):
-                    if line_number % PROGRESS_EVERY == 0:
+                    if raw_file is not None and line_number % PROGRESS_EVERY == 0:
                         stats.bytes_read = bytes_before + raw_file.tell()
                     if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                         raw = raw[3:]
@@ -199,7 +251,7 @@ class TextReader:
                                 self._bad_line(
                                     path, line_number, "malformed",
                                     f"no column {column} (the row has {len(columns)} tab-separated columns; "
-                                    "--text-column is 0-based)",
+                                    "`text_column` is 0-based)",
                                 )
                                 expected_columns = None
                                 continue
@@ -224,9 +276,9 @@ class TextReader:
                     yield text, new_document
                     new_document = fmt != "txt"
             except (OSError, EOFError) as e:  # truncated or corrupt gzip
-                raise DataError(f"{path}:{line_number + 1}: cannot read the file ({e})") from None
+                raise DataError(f"{source_name(path)}:{line_number + 1}: cannot read the file ({e})") from None
         if line_number == 0:
-            raise DataError(f"{path}: the file is empty")
+            raise DataError(f"{STDIN_NAME}: nothing came on standard input" if head is not None else f"{path}: the file is empty")
 
     def _json_text(self, path: Path, line_number: int, line: str, text_field: str) -> str | None:
         try:
@@ -239,7 +291,7 @@ class TextReader:
             return None
         text = record.get(text_field)
         if text is None:
-            self._bad_line(path, line_number, "malformed", f"no {text_field!r} field (use --text-field to pick another)")
+            self._bad_line(path, line_number, "malformed", f"no {text_field!r} field (use `text_field` to pick another)")
             return None
         if not isinstance(text, str):
             self._bad_line(path, line_number, "malformed", f"field {text_field!r} is not a string")
@@ -328,26 +380,28 @@ def _describe_decode_error(raw: bytes, error: UnicodeDecodeError) -> str:
 
 
 def iter_texts(
-    arguments: list[str], file: str | Path | None = None, stdin: TextIO | None = None, what: str = "texts"
+    arguments: list[str], file: str | Path | None = None, stdin: TextIO | None = None, what: str = "texts",
+    stats: ReadStats | None = None,
 ) -> Iterator[tuple[str, str]]:
     """(text, where it came from: "argument N", "FILE:LINE", "<stdin>:LINE"): the one way an inference command
     reads its texts. The arguments; or a file: one text per non-blank line (.gz too; a .tsv or .jsonl file's text
-    column through TextReader); or stdin ("-" or piped), streamed. A missing input is an error at once."""
+    column through TextReader); or stdin ("-" or piped), streamed. A missing input is an error at once.
+    `stats.blank_lines` counts the blank lines of a plain-text file or stdin, skipped as they are read."""
     import sys
 
     if arguments and file is not None:
-        raise ConfigError("give texts as arguments or with --file, not both")
+        raise ConfigError("give texts as arguments or with `file`, not both")
     if arguments:
         return iter([(check_text(text, f"argument {i}"), f"argument {i}") for i, text in enumerate(arguments, 1)])
     if file is None or str(file) == "-":
         stdin = stdin if stdin is not None else sys.stdin
         if file is None and (stdin is None or stdin.isatty()):
-            raise ConfigError(f"no input: give {what} as arguments, --file FILE, or pipe them on stdin, one per line")
-        return _non_blank(read_stdin_lines(stdin), "<stdin>", what)
+            raise ConfigError(f"no input: give {what} as arguments, `file` FILE, or pipe them on stdin, one per line")
+        return _non_blank(read_stdin_lines(stdin), STDIN_NAME, what, stats)
     path = check_input_files([Path(file)])[0]
     if input_format(path) != "txt":
         return ((text, str(path)) for text, _ in TextReader([path]))
-    return _non_blank(_file_lines(path), str(path), what)
+    return _non_blank(_file_lines(path), str(path), what, stats)
 
 
 def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -356,11 +410,15 @@ def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
         yield from read_lines(stream, str(path))
 
 
-def _non_blank(lines: Iterator[tuple[int, str]], name: str, what: str) -> Iterator[tuple[str, str]]:
+def _non_blank(
+    lines: Iterator[tuple[int, str]], name: str, what: str, stats: ReadStats | None = None
+) -> Iterator[tuple[str, str]]:
     seen = False
     for number, line in lines:
         if line.strip():
             seen = True
             yield line, f"{name}:{number}"
+        elif stats is not None:
+            stats.blank_lines += 1
     if not seen:
         raise DataError(f"{name}: no texts; give {what}, one per line")

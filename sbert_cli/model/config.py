@@ -130,7 +130,7 @@ class BertConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ModelLoadError(f"{path.parent}: no config.json; point --model at a BERT model dir") from None
+            raise ModelLoadError(f"{path.parent}: no config.json; point `model` at a BERT model dir") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelLoadError(f"{path}: not valid JSON ({e}); re-download or fix the file") from None
         if not isinstance(data, dict):

@@ -204,7 +204,7 @@ def find_weights(model_dir: Path) -> Path:
         if (model_dir / name).is_file():
             return model_dir / name
     raise ModelLoadError(
-        f"{model_dir}: no model.safetensors or pytorch_model.bin; download the model again or point --model at its folder"
+        f"{model_dir}: no model.safetensors or pytorch_model.bin; download the model again or point `model` at its folder"
     )
 
 

@@ -30,7 +30,7 @@ MARKER = Path(".cache") / "huggingface" / "sbert-download.json"
 
 NETWORK_HINT = (
     f"check your connection, or use a mirror (HF_ENDPOINT={MIRROR_ENDPOINT}, or `sbert download --endpoint "
-    f"{MIRROR_ENDPOINT}`), or copy a downloaded model folder to this machine and pass it with --model DIR"
+    f"{MIRROR_ENDPOINT}`), or copy a downloaded model folder to this machine and pass it with `model` DIR"
 )
 TOKEN_HINT = "set HF_TOKEN=<your access token> (or run `hf auth login`)"
 
@@ -44,7 +44,7 @@ class DownloadedModel:
     revision: str
     commit: str | None
     files: dict[str, int] = field(default_factory=dict)  # name -> bytes on disk
-    removed: list[str] = field(default_factory=list)  # stale weight files deleted from --out
+    removed: list[str] = field(default_factory=list)  # stale weight files deleted from out_dir
     in_cache: bool = True
 
 
@@ -194,13 +194,13 @@ def _endpoint(endpoint: str | None) -> str:
 
     url = (endpoint or constants.ENDPOINT).rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise DownloadError(f"endpoint {url!r} is not a URL; use e.g. --endpoint {MIRROR_ENDPOINT}")
+        raise DownloadError(f"endpoint {url!r} is not a URL; use e.g. `endpoint` {MIRROR_ENDPOINT}")
     return url
 
 
 def _check_out_dir(out: Path, repo_id: str, force: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise DownloadError(f"{out}: is a file; choose another --out")
+        raise DownloadError(f"{out}: is a file; choose another `out`")
     if not out.is_dir() or not any(out.iterdir()):
         return
     owner = _read_marker(out).get("repo_id")
@@ -208,7 +208,7 @@ def _check_out_dir(out: Path, repo_id: str, force: bool) -> None:
         return
     holds = f"a download of {owner}" if owner else "other files"
     raise DownloadError(
-        f"{out}: already holds {holds}; choose another --out, or pass --force to download {repo_id} into it"
+        f"{out}: already holds {holds}; choose another `out`, or pass `force` to download {repo_id} into it"
     )
 
 
@@ -226,7 +226,7 @@ def _write_marker(out: Path, content: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
-        raise DownloadError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+        raise DownloadError(f"cannot write {path}: {e.strerror or e}; choose another `out`") from None
 
 
 def _offline_message(repo_id: str, cache_dir: str | Path | None) -> str:
@@ -235,7 +235,7 @@ def _offline_message(repo_id: str, cache_dir: str | Path | None) -> str:
     where = cache_dir or constants.HF_HUB_CACHE
     return (
         f"HF_HUB_OFFLINE is set and {repo_id} is not (completely) in the cache {where}; unset HF_HUB_OFFLINE "
-        "to download it, or pass a local model folder with --model DIR"
+        "to download it, or pass a local model folder with `model` DIR"
     )
 
 
@@ -270,7 +270,7 @@ def _fetch_file(name: str, *, repo_id, commit, revision, endpoint, token, out, c
     """One file via hf_hub_download (which skips it when already there), its progress on its own bar."""
     from huggingface_hub import hf_hub_download
 
-    task = bars.add_task(name, total=size)
+    bar = bars.add_task(name, total=size)
     with _hub_errors(repo_id, revision, endpoint, out, filename=name):
         path = hf_hub_download(
             repo_id,
@@ -280,10 +280,10 @@ def _fetch_file(name: str, *, repo_id, commit, revision, endpoint, token, out, c
             token=token,
             local_dir=out,
             cache_dir=cache_dir,
-            tqdm_class=partial(_RichBar, bars, task),
+            tqdm_class=partial(_RichBar, bars, bar),
         )
     size_on_disk = Path(path).stat().st_size  # also for files that were already there and not fetched
-    bars.update(task, total=size_on_disk, completed=size_on_disk)
+    bars.update(bar, total=size_on_disk, completed=size_on_disk)
     return Path(path)
 
 
@@ -314,16 +314,16 @@ def _remove_stale_weights(out: Path, keep: set[str]) -> list[str]:
 
 
 class _RichBar:
-    """The part of tqdm's interface that huggingface_hub drives, forwarded to one task of a rich Progress."""
+    """The part of tqdm's interface that huggingface_hub drives, forwarded to one bar of a rich Progress."""
 
-    def __init__(self, bars, task, total=None, initial=0, **_tqdm_options):
-        self._bars, self._task = bars, task
+    def __init__(self, bars, bar, total=None, initial=0, **_tqdm_options):
+        self._bars, self._bar = bars, bar
         if total:
-            bars.update(task, total=total)
-        bars.update(task, completed=initial or 0)
+            bars.update(bar, total=total)
+        bars.update(bar, completed=initial or 0)
 
     def update(self, n=1):
-        self._bars.advance(self._task, n or 0)
+        self._bars.advance(self._bar, n or 0)
 
     def __enter__(self):
         return self
@@ -404,7 +404,7 @@ def _hub_errors(repo_id: str, revision: str, endpoint: str, out: Path | None, fi
             f"{repo_id}: no such model on {endpoint}; check the name (owner/name), or if it is private {TOKEN_HINT}"
         ) from None
     except RevisionNotFoundError:
-        raise DownloadError(f"{repo_id} has no revision {revision!r} on {endpoint}; check --revision") from None
+        raise DownloadError(f"{repo_id} has no revision {revision!r} on {endpoint}; check `revision`") from None
     except OfflineModeIsEnabled:
         raise DownloadError(_offline_message(repo_id, None)) from None
     except HfHubHTTPError as e:
@@ -433,7 +433,7 @@ def _hub_errors(repo_id: str, revision: str, endpoint: str, out: Path | None, fi
         where = out if out is not None else "the Hugging Face cache (HF_HOME)"
         raise DownloadError(
             f"cannot write {filename or repo_id} into {where}: {e.strerror}; "
-            "free some disk space or choose another --out"
+            "free some disk space or choose another `out`"
         ) from None
 
 

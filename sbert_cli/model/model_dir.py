@@ -70,7 +70,7 @@ def resolve_model_dir(model: str | Path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelLoadError(f"{path}: is a file; --model takes a model folder (config.json, weights, vocab.txt)")
+        raise ModelLoadError(f"{path}: is a file; `model` takes a model folder (config.json, weights, vocab.txt)")
     owner = str(model).split("/")[0]
     if is_repo_id(str(model)) and "/" in str(model) and Path(owner).is_dir():
         raise ModelLoadError(
@@ -235,6 +235,43 @@ def load_for_task(
     return LoadedModel(net, ck, initialized)
 
 
+def build_or_load(
+    task: str,
+    *,
+    model: str | Path | None,
+    config_name: str | None,
+    vocab: str | Path | None,
+    seed: int,
+    labels: list[str] | None = None,
+) -> tuple[nn.Module, BertTokenizer, list[str]]:
+    """(model, tokenizer, freshly initialised parameter names) that a training run of `task` starts from:
+    a fresh `config_name` preset (tiny|small|base) with `vocab` (default: the bundled Chinese vocab), or the
+    model dir / repo id `model` with any head it lacks (or a classifier with other `labels`) initialised fresh.
+
+    The seed is set first, so a fresh head (or model) starts the same in every process and every run.
+    """
+    from sbert_cli.model.config import preset
+    from sbert_cli.resources import CHINESE_VOCAB
+
+    torch.manual_seed(seed)
+    if config_name is not None:
+        tokenizer = BertTokenizer.from_vocab(vocab or CHINESE_VOCAB)
+        config = preset(config_name, vocab_size=len(tokenizer))
+        if labels is not None:
+            config = config.with_labels(labels)
+        return build_model(config, task), tokenizer, ["all parameters (`config_name`)"]
+    model_dir = resolve_model_dir(model)
+    loaded = load_for_task(model_dir, task, labels=labels, allow_new_head=True)
+    return loaded.model, load_tokenizer(model_dir), loaded.initialized
+
+
+def freeze_unused_pooler(model: nn.Module, initialized: list[str]) -> list[str]:
+    """Freeze the pooler of a model that never uses it (so no optimizer or DDP waits for its gradient), and
+    `initialized` without it: a pooler the checkpoint lacks is not a new head."""
+    model.bert.pooler.requires_grad_(False)
+    return [name for name in initialized if not name.startswith("bert.pooler.")]
+
+
 def load_model(path_or_repo: str | Path, task: str = "base") -> nn.Module:
     """A model in eval mode: task "base" (BertModel), "mlm" (BertForMaskedLM) or "cls" (classifier)."""
     return load_for_task(path_or_repo, task).model
@@ -272,15 +309,10 @@ def save_model_dir(
     return write_model_files(out_dir, config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})
 
 
-def write_model_files(
-    out_dir: str | Path,
-    config_json: dict,
-    tensors: dict[str, torch.Tensor],
-    tokenizer: BertTokenizer,
-    tokenizer_config: dict | None = None,
-    extra_json: dict[str, dict] | None = None,
-) -> Path:
-    """config.json, model.safetensors, vocab.txt, tokenizer_config.json (and extra JSON files) into out_dir.
+def write_model_files(out_dir: str | Path, config_json: dict, tensors: dict[str, torch.Tensor], tokenizer: BertTokenizer,
+                      **json_files: dict | None) -> Path:
+    """config.json, model.safetensors, vocab.txt, tokenizer_config.json (and extra JSON files: write_model_folder's
+    tokenizer_config / extra_json) into out_dir.
 
     Written into a temporary sibling first, then moved into place: a new out_dir appears whole; into an
     existing one the files move one rename each, replacing only files sbert wrote there before (see
@@ -293,7 +325,7 @@ def write_model_files(
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_model_folder(tmp, config_json, tensors, tokenizer, tokenizer_config, extra_json)
+        write_model_folder(tmp, config_json, tensors, tokenizer, **json_files)
         if out_dir.exists():
             OutputDir(out_dir).install(tmp)
         else:

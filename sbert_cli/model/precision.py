@@ -87,7 +87,7 @@ def configure_threads(threads: int | None = None, sample_s: float = 0.1) -> int:
     library functions leave the process's threads alone.
     """
     if threads is not None:
-        check_range("--threads", threads, 1, MAX_THREADS, "threads beyond the cores only wait on each other")
+        check_range("threads", threads, 1, MAX_THREADS, "threads beyond the cores only wait on each other")
     elif os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()  # the user's choice, which torch has already applied
     elif os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
@@ -158,12 +158,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA GPU is available (this torch build: {torch.__version__}); use --device cpu")
+            raise ConfigError(f"`device` {name}: no CUDA GPU is available (this torch build: {torch.__version__}); use `device` cpu")
         index = name.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+            raise ConfigError(f"`device` {name}: there are {torch.cuda.device_count()} CUDA device(s), numbered from 0")
         return torch.device(name)
-    raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    raise ConfigError(f"`device` {name!r}: use auto, cpu, cuda or cuda:N")
 
 
 def resolve_precision(name: str, device: torch.device, inference: bool = False) -> str:
@@ -171,20 +171,20 @@ def resolve_precision(name: str, device: torch.device, inference: bool = False) 
     hardware does it natively, else fp32 (never int8: it changes the numbers)."""
     name = name.strip().lower()
     if name == "int8" and not inference:
-        raise ConfigError("--precision int8 is for inference only (eval, predict, fill-mask); train with fp32 or bf16")
+        raise ConfigError("`precision` int8 is for inference only (eval, predict, fill-mask, embed, serve); train with fp32 or bf16")
     allowed = INFERENCE_PRECISIONS if inference else PRECISIONS
     if name not in allowed:
-        raise ConfigError(f"--precision {name!r}: use one of {', '.join(allowed)}")
+        raise ConfigError(f"`precision` {name!r}: use one of {', '.join(allowed)}")
     if name == "int8" and device.type != "cpu":
-        raise ConfigError("--precision int8 runs on the CPU only; use --device cpu, or bf16/fp16 on a GPU")
+        raise ConfigError("`precision` int8 runs on the CPU only; use `device` cpu, or bf16/fp16 on a GPU")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_supports_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or fp32")
+        raise ConfigError("`precision` fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or fp32")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
+        raise ConfigError("`precision` bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return name
 
 

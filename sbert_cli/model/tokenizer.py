@@ -98,7 +98,7 @@ class BertTokenizer:
         model_dir = Path(model_dir)
         vocab = model_dir / "vocab.txt"
         if not vocab.is_file():
-            raise ModelLoadError(f"{model_dir}: no vocab.txt; copy the checkpoint's vocab.txt there or pass --vocab")
+            raise ModelLoadError(f"{model_dir}: no vocab.txt; copy the checkpoint's vocab.txt there or pass `vocab`")
         do_lower_case = True
         tok_config = model_dir / "tokenizer_config.json"
         if tok_config.is_file():

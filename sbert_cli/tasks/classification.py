@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from sbert_cli.data.text_input import ReadStats
     from sbert_cli.model.tokenizer import BertTokenizer
 
 METRICS = ("accuracy", "macro_f1")
@@ -93,7 +94,7 @@ def resolve_files(options: ClassifierOptions) -> tuple[Path, Path | None, Path |
         if given is not None:
             if Path(given).is_dir():
                 raise DataError(f"{given}: is a folder; give a file (TSV, CSV or JSONL), or a folder holding {name} "
-                                "as --data-dir")
+                                "as `data_dir`")
             if not Path(given).is_file():
                 raise DataError(f"{given}: no such file")
             return Path(given)
@@ -103,9 +104,9 @@ def resolve_files(options: ClassifierOptions) -> tuple[Path, Path | None, Path |
 
     if not explicit:
         if data_dir is None or not Path(data_dir).is_dir():
-            raise DataError(f"--data-dir {data_dir}: no such folder; give --data-dir DIR (with train.txt, dev.txt) or --train FILE")
+            raise DataError(f"`data_dir` {data_dir}: no such folder; give `data_dir` DIR (with train.txt, dev.txt) or `train_file` FILE")
         if not (Path(data_dir) / "train.txt").is_file():
-            raise DataError(f"{data_dir}: no train.txt; put train.txt (text<TAB>label) there or give --train FILE")
+            raise DataError(f"{data_dir}: no train.txt; put train.txt (text<TAB>label) there or give `train_file` FILE")
     train_path = pick(options.train_file, "train.txt")
     return train_path, pick(options.dev_file, "dev.txt"), pick(options.test_file, "test.txt"), pick(options.labels_file, "class.txt")
 
@@ -160,6 +161,7 @@ def metrics_from_confusion(confusion: np.ndarray, label_names: list[str]) -> dic
 
 class ClassificationTask(Task):
     model_task = "cls"
+    eval_data_fields = "dev data (`dev_file`)"
 
     def __init__(self, train: EncodedSplit, dev: EncodedSplit | None, tokenizer, metric: str, max_seq_len: int):
         self.train, self.dev, self.tokenizer = train, dev, tokenizer
@@ -206,60 +208,37 @@ class ClassificationTask(Task):
         return {"max_seq_len": self.max_seq_len}  # sbert eval/predict truncate as training did
 
 
-def build_classifier(options: ClassifierOptions, label_names: list[str], seed: int):
-    """(model, tokenizer, freshly initialised parameter names) from --model or --config."""
-    from sbert_cli.model.bert import build_model
-    from sbert_cli.model.config import preset
-    from sbert_cli.model.model_dir import (
-        load_for_task,
-        load_tokenizer,
-        resolve_model_dir,
-    )
-    from sbert_cli.model.tokenizer import BertTokenizer
-    from sbert_cli.resources import CHINESE_VOCAB
-
-    torch.manual_seed(seed)  # a fresh head (or model) starts the same in every process and every run
-    if options.config_name is not None:
-        tokenizer = BertTokenizer.from_vocab(options.vocab or CHINESE_VOCAB)
-        config = preset(options.config_name, vocab_size=len(tokenizer)).with_labels(label_names)
-        model, fresh = build_model(config, "cls"), ["all parameters (--config)"]
-    else:
-        model_dir = resolve_model_dir(options.model)
-        loaded = load_for_task(model_dir, "cls", labels=label_names, allow_new_head=True)
-        model, tokenizer, fresh = loaded.model, load_tokenizer(model_dir), loaded.initialized
-    if options.pooling is not None:
-        model.config.classifier_pooling = options.pooling  # saved in config.json, so the model reloads the same
-    if model.config.classifier_pooling != "pooler":
-        # Unused: frozen, so no optimizer or DDP waits for its gradient; a missing one is not a new head.
-        model.bert.pooler.requires_grad_(False)
-        fresh = [name for name in fresh if not name.startswith("bert.pooler.")]
-    return model, tokenizer, fresh
-
-
 def validate_options(options: ClassifierOptions) -> None:
     if options.metric not in METRICS:
-        raise ConfigError(f"--metric {options.metric!r}: use one of {', '.join(METRICS)}")
+        raise ConfigError(f"`metric` {options.metric!r}: use one of {', '.join(METRICS)}")
     if options.max_seq_len < 2:
-        raise ConfigError(f"--max-seq-len must be at least 2 (for [CLS] and [SEP]), got {options.max_seq_len}")
+        raise ConfigError(f"`max_seq_len` must be at least 2 (for [CLS] and [SEP]), got {options.max_seq_len}")
     if options.config_name is None and options.vocab is not None:
-        raise ConfigError("--vocab goes with --config (a fresh model); a --model brings its own vocab.txt")
+        raise ConfigError("`vocab` goes with `config_name` (a fresh model); a `model` brings its own vocab.txt")
     if options.pooling is not None and options.pooling not in CLASSIFIER_POOLINGS:
-        raise ConfigError(f"--pooling {options.pooling!r}: use one of {', '.join(CLASSIFIER_POOLINGS)}")
+        raise ConfigError(f"`pooling` {options.pooling!r}: use one of {', '.join(CLASSIFIER_POOLINGS)}")
 
 
 def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks: Callbacks | None = None, on_micro_batch=None) -> ClassifierResult:
     """Read the splits, build the model, train on the generic loop, and report dev (and test) on the kept model."""
+    from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
+
     validate_options(options)
     config.validate()
     reads = (options.model,) if options.config_name is None and options.model and Path(options.model).is_dir() else ()
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
     splits = read_splits(options)
     label_names = splits["train"].label_names
-    model, tokenizer, new_head = build_classifier(options, label_names, config.seed)
+    model, tokenizer, new_head = build_or_load("cls", model=options.model, config_name=options.config_name,
+                                               vocab=options.vocab, seed=config.seed, labels=label_names)
+    if options.pooling is not None:
+        model.config.classifier_pooling = options.pooling  # saved in config.json, so the model reloads the same
+    if model.config.classifier_pooling != "pooler":
+        new_head = freeze_unused_pooler(model, new_head)
     config, lr_choice = with_chosen_lr(config, "cls", model.config.hidden_size, options.config_name is not None, new_head)
     max_positions = model.config.max_position_embeddings
     if options.max_seq_len > max_positions:
-        raise ConfigError(f"--max-seq-len {options.max_seq_len} exceeds the model's {max_positions} positions")
+        raise ConfigError(f"`max_seq_len` {options.max_seq_len} exceeds the model's {max_positions} positions")
     encoded = {name: encode_split(data, tokenizer, options.max_seq_len) for name, data in splits.items()}
     task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len)
     env = DistributedEnv.from_env()
@@ -356,14 +335,14 @@ def load_classifier(
 
     from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
 
-    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+    check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     loaded = load_for_task(model, "cls")
     net = loaded.model
     tokenizer = load_tokenizer(loaded.checkpoint.path)
     torch_device, resolved = prepare_inference(net, device, precision)
     limit = net.config.max_position_embeddings
     if max_length is not None and not 2 <= max_length <= limit:
-        raise ConfigError(f"--max-seq-len must be between 2 and the model's {limit} positions, not {max_length}")
+        raise ConfigError(f"`max_seq_len` must be between 2 and the model's {limit} positions, not {max_length}")
     return Classifier(
         model=net,
         tokenizer=tokenizer,
@@ -411,7 +390,7 @@ def predict_stream(
 ) -> Iterator[Prediction]:
     """Predictions for `inputs` in their order, computed a chunk at a time so long inputs stream."""
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, not {top_k}")
+        raise ConfigError(f"`top_k` must be at least 1, not {top_k}")
     chunk: list[TextInput] = []
     for item in inputs:
         chunk.append(item)
@@ -433,25 +412,28 @@ def _predict_chunk(classifier: Classifier, chunk: list[TextInput], top_k: int, p
 class Inputs:
     items: Iterator[TextInput]
     total: int | None  # None while streaming stdin
+    read: ReadStats  # blank_lines: the blank lines skipped, known once `items` is consumed
 
 
 def read_inputs(texts: list[str], file: str | Path | None = None, stdin: TextIO | None = None) -> Inputs:
     """Texts to classify: the arguments; a file in any format the classification reader takes
     (one text per line, text<TAB>label, CSV, JSONL; sentence pairs too); or stdin ("-" or piped),
-    one text per line, streamed. An empty text or no text at all is a DataError."""
+    one text per line, streamed. An empty text or no text at all is a DataError; blank lines are skipped
+    and counted in `read.blank_lines`."""
     from sbert_cli.data.classification import read_classification_file
 
-    from sbert_cli.data.text_input import iter_texts
+    from sbert_cli.data.text_input import ReadStats, iter_texts
 
     if texts and file is not None:
-        raise ConfigError("give texts as arguments or with --file, not both")
+        raise ConfigError("give texts as arguments or with `file`, not both")
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise DataError(f"argument {i}: empty text; give a non-empty text to classify")
     if texts or file is None or str(file) == "-":  # the one input layer; files keep the labelled formats below
-        items = (TextInput(text, where) for text, where in iter_texts(texts, file, stdin, what="texts to classify"))
-        return Inputs(items, len(texts) if texts else None)
+        read = ReadStats()
+        items = (TextInput(text, where) for text, where in iter_texts(texts, file, stdin, "texts to classify", read))
+        return Inputs(items, len(texts) if texts else None, read)
     data = read_classification_file(Path(file), require_labels=False)
     pairs = data.pairs or [None] * len(data.texts)
     items = [TextInput(text, f"{file}:{line}", pair) for text, pair, line in zip(data.texts, pairs, data.line_numbers)]
-    return Inputs(iter(items), len(items))
+    return Inputs(iter(items), len(items), ReadStats(blank_lines=data.blank_lines))

@@ -144,20 +144,20 @@ def embedding_settings(
     (sbert.json), tokenizer_config.json's model_max_length, and the model's positions, capped by those.
     """
     if pooling is not None and pooling not in POOLINGS:
-        raise ConfigError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        raise ConfigError(f"`pooling` {pooling!r}: use one of {', '.join(POOLINGS)}")
     if pooling is None:
         pooling = st.pooling if st is not None else "mean"
         if pooling not in POOLINGS:
             raise ModelLoadError(
                 f"{model_dir}: its sentence-transformers pooling is {pooling!r}, which sbert does not do; "
-                f"pass --pooling {'|'.join(POOLINGS)} to choose one (the vectors will then differ from sentence-transformers')"
+                f"pass `pooling` {'|'.join(POOLINGS)} to choose one (the vectors will then differ from sentence-transformers')"
             )
     if normalize is None:
         normalize = st.normalize if st is not None else True
     limit = config.max_position_embeddings
     if max_seq_len is not None:
         if not 2 <= max_seq_len <= limit:
-            raise ConfigError(f"--max-seq-len must be between 2 and the model's {limit} positions, not {max_seq_len}")
+            raise ConfigError(f"`max_seq_len` must be between 2 and the model's {limit} positions, not {max_seq_len}")
         max_length = max_seq_len
     elif st is not None and st.max_seq_len is not None:
         max_length = min(st.max_seq_len, limit)
@@ -223,7 +223,7 @@ class Embedder:
         import torch.nn.functional as F
 
         from sbert_cli.data.batching import length_sorted_batches, pad_batch
-        from sbert_cli.model.precision import autocast
+        from sbert_cli.model.precision import inference_autocast
 
         pooling = pooling or self.settings.pooling
         normalize = self.settings.normalize if normalize is None else normalize
@@ -232,12 +232,12 @@ class Embedder:
         sequences = self.tokenizer.encode(list(texts), max_length=self.max_length)
         lengths = [len(ids) for ids in sequences]
         vectors = np.empty((len(sequences), self.dimension), dtype=np.float32)
-        with torch.inference_mode(), autocast(self.precision, self.device):
+        with torch.inference_mode(), inference_autocast(self.precision, self.device):  # weights already converted
             for batch in length_sorted_batches(lengths, self.batch_size):
                 input_ids, attention_mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_id)
                 input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
                 hidden = self.encoder.encode(input_ids, attention_mask)
-                pooled = pool(self.encoder, hidden, attention_mask, pooling)
+                pooled = pool(self.encoder, hidden, attention_mask, pooling).float()
                 if normalize:
                     pooled = F.normalize(pooled, p=2, dim=1)
                 vectors[batch] = pooled.cpu().numpy()
@@ -260,7 +260,7 @@ def embedder_for(
     """An Embedder over an encoder already loaded (and placed on `device`), e.g. a classifier's."""
     from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
 
-    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+    check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     has_pooler = not any(name.startswith(("pooler.", "bert.pooler.")) for name in initialized)
     embedder = Embedder(encoder, tokenizer, Path(model_dir), settings, has_pooler, device, precision, batch_size,
                         Runtime(str(device), precision, batch_size))
@@ -467,7 +467,7 @@ def similar(
     from sbert_cli.data.text_input import TextReader
 
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, not {top_k}")
+        raise ConfigError(f"`top_k` must be at least 1, not {top_k}")
     if not query.strip():
         raise DataError("the query is empty; give a text to search for")
     corpus = Path(corpus)

@@ -222,7 +222,7 @@ def infer_task(model: str | Path, data: str | Path | None = None) -> str:
         )
     raise ConfigError(
         f"{checkpoint.path}: has both a classification and a masked-LM head; "
-        "say which to evaluate with --task cls or --task mlm"
+        "say which to evaluate with `task` cls or `task` mlm"
     )
 
 
@@ -323,10 +323,10 @@ def evaluate(
     the confusion-matrix PNG and misclassified TSV) into out_dir, replacing an earlier report there;
     out_dir=None writes nothing. `force` is accepted for compatibility: a report replaces its own files anyway."""
     if task is not None and task not in TASKS:
-        raise ConfigError(f"--task must be cls or mlm, not {task!r}")
+        raise ConfigError(f"`task` must be cls or mlm, not {task!r}")
     from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range, check_seed
 
-    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+    check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     check_seed(seed)
     if not Path(data).exists():
         raise DataError(f"{data}: no such file or folder")
@@ -338,12 +338,11 @@ def evaluate(
         _check_out_dir(out_dir, names, reads)
     if task == "cls":
         if Path(data).is_dir():
-            raise DataError(f"{data}: is a folder; --task cls takes a labelled file (TSV, CSV or JSONL)")
+            raise DataError(f"{data}: is a folder; `task` cls takes a labelled file (TSV, CSV or JSONL)")
         classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
         result = evaluate_classifier(classifier, data, str(model), progress)
     else:
-        result = evaluate_mlm(model, data, batch_size=batch_size, precision=precision, device=device,
-                              max_length=max_length, seed=seed, progress=progress)
+        result = _evaluate_mlm(model, data, batch_size, precision, device, max_length, seed, progress)
     if out_dir is None:
         return result
     from sbert_cli.outputs import OutputDir
@@ -368,34 +367,22 @@ def evaluate(
 # --- masked LM ---------------------------------------------------------------------------------------------
 
 
-def evaluate_mlm(
-    model: str | Path,
-    data: str | Path,
-    *,
-    batch_size: int = 64,
-    precision: str = "auto",
-    device: str = "auto",
-    max_length: int | None = None,
-    seed: int = EVAL_MASKING_SEED,
-    progress: ProgressCallback | None = None,
-) -> MLMEvaluation:
-    """Masked-token top-1/top-5 accuracy and perplexity on make-mlm-data output, or on a raw text file
-    turned into it with `seed` (so the figures equal those on `make-mlm-data FILE --seed SEED` output)."""
+def _evaluate_mlm(model: str | Path, data: str | Path, batch_size: int, precision: str, device: str,
+                  max_length: int | None, seed: int, progress: ProgressCallback | None) -> MLMEvaluation:
+    """evaluate() for task mlm: masked-token top-1/top-5 accuracy and perplexity on make-mlm-data output, or on a raw
+    text file turned into it with `seed` (so the figures equal those on `make-mlm-data FILE --seed SEED` output)."""
     import tempfile
 
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.data.shards import MLMShards, vocab_sha256
     from sbert_cli.model.model_dir import load_for_task, load_tokenizer
 
-    from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range
-
-    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
     loaded = load_for_task(model, "mlm")
     net = loaded.model
     tokenizer = load_tokenizer(loaded.checkpoint.path)
     limit = net.config.max_position_embeddings
     if max_length is not None and not 4 <= max_length <= limit:
-        raise ConfigError(f"--max-seq-len must be between 4 and the model's {limit} positions, not {max_length}")
+        raise ConfigError(f"`max_seq_len` must be between 4 and the model's {limit} positions, not {max_length}")
     torch_device, resolved = prepare_inference(net, device, precision)
     runtime = Runtime(str(torch_device), resolved, batch_size)
     data = Path(data)
@@ -410,10 +397,10 @@ def evaluate_mlm(
             source = "text"
         if shards.vocab_sha256 != vocab_sha256(tokenizer) or shards.max_token_id >= len(tokenizer):
             raise DataError(f"{data}: made with another vocab than {loaded.checkpoint.path}'s vocab.txt; "
-                            "remake it with make-mlm-data --model MODEL")
+                            "remake it with make-mlm-data `model` MODEL")
         if shards.max_seq_len > limit:
             raise ConfigError(f"{data}: sequences of up to {shards.max_seq_len} tokens, but the model has "
-                              f"{limit} positions; remake it with a smaller --max-seq-len")
+                              f"{limit} positions; remake it with a smaller `max_seq_len`")
         runtime.seconds += time.perf_counter() - start
         sums = score_masked(net, eval_source(shards, tokenizer, seed), tokenizer.pad_id, batch_size, torch_device,
                             resolved, runtime, progress)

@@ -2,8 +2,8 @@
 
 One rate does not fit all: 2e-5 is a fine-tuning rate, and a BERT trained from scratch at it learns
 next to nothing in a few epochs (it predicts one class for every title); 2e-3 trains a tiny BERT from
-scratch and wrecks a pretrained one. The situation is known where the model is built (build_classifier,
-build_mlm_model report which parameters were initialised fresh), so the rule is applied there:
+scratch and wrecks a pretrained one. The situation is known where the model is built (model_dir.build_or_load
+reports which parameters were initialised fresh), so the rule is applied there:
 
 - from scratch (--config): every weight is random; the rate falls with the width, as in the usual
   recipes (BERT-base 1e-4, ELECTRA-small 5e-4 at hidden 256); a tiny BERT (hidden 64) learns THUCNews
@@ -19,7 +19,7 @@ build_mlm_model report which parameters were initialised fresh), so the rule is 
   Wider models keep 1e-4, BERT-base's pretraining rate.
 - continued pretraining (pretrain --model with a trained MLM head): 5e-5.
 
-Torch-free, so the CLI can show the rule in --help.
+Torch-free, so the CLI can show the rule in --help (cli/train.py rule_help).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def short(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _rates(situation: str) -> str:
+def rates(situation: str) -> str:
     rows = RULE[situation]
     if len(rows) == 1:
         return short(rows[0][1])
@@ -54,28 +54,18 @@ def _rates(situation: str) -> str:
     return ", ".join(parts) + f", else {short(rows[-1][1])}"
 
 
-def rule_help(task: str) -> str:
-    """The rule in one sentence, for --help."""
-    if task == "cls":
-        shown = [(SCRATCH, "--config"), (FINE_TUNE, "--model")]
-    else:
-        shown = [(SCRATCH, "--config"), (NEW_HEAD, "--model without an MLM head"), (CONTINUE, "--model with one")]
-    cases = "; ".join(f"{name} ({flag}): {_rates(name)}" for name, flag in shown)
-    return f"Peak learning rate. Default: chosen by situation, with {WARMUP_RATIO:.0%} warmup — {cases}. The run's first lines say which."
-
-
 @dataclass(frozen=True)
 class LrChoice:
     lr: float
     warmup_ratio: float
     situation: str
-    chosen: bool  # False: --lr was given
+    chosen: bool  # False: the caller gave lr
 
     def describe(self) -> str:
-        """The run's first line about it: `lr 1e-3 (from scratch; --lr to change)`."""
+        """The run's first line about it: "lr 1e-3 (from scratch; `lr` to change)" (the CLI says --lr)."""
         if not self.chosen:
-            return f"lr {short(self.lr)} (--lr)"
-        return f"lr {short(self.lr)} ({self.situation}; --lr to change)"
+            return f"lr {short(self.lr)} (`lr`)"
+        return f"lr {short(self.lr)} ({self.situation}; `lr` to change)"
 
     def to_json(self) -> dict:
         return {"lr": self.lr, "warmup_ratio": self.warmup_ratio, "situation": self.situation,

@@ -89,9 +89,19 @@ class MLMSource:
         return Batch(tensors, int((masked_labels != IGNORE).sum()), int(attention_mask.sum()))
 
 
+def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  masked_positions: torch.Tensor) -> torch.Tensor:
+    """MLM logits (B, M, V) at masked_positions (B, M) only: the one path by which the model runs at masked
+    positions. The training loss, held-out scoring and `sbert eval --task mlm` (masked_token_sums) come here,
+    and so do fill-mask, its joint search, serve's fill-mask and convert's head probe (all through masked_topk),
+    so every masked-token figure is computed the same way."""
+    return model(input_ids, attention_mask, masked_positions=masked_positions)
+
+
 def _mlm_logits(model, batch: Batch) -> torch.Tensor:
+    """masked_logits of an MLMSource batch."""
     t = batch.tensors
-    return model(t["input_ids"], t["attention_mask"], None, t["masked_positions"])  # (B, M, V)
+    return masked_logits(model, t["input_ids"], t["attention_mask"], t["masked_positions"])  # (B, M, V)
 
 
 def masked_token_sums(model, batch: Batch) -> torch.Tensor:
@@ -148,6 +158,7 @@ def score_masked(model, source: MLMSource, pad_id: int, batch_size: int, device,
 
 class MLMTask(Task):
     model_task = "mlm"
+    eval_data_fields = "held-out data (`eval_data` or `eval_fraction`)"
     best_metric = "loss"
 
     def __init__(self, train_source: MLMSource, eval_source: MLMSource | None, tokenizer, fingerprint: dict):
@@ -200,11 +211,11 @@ def _check_data(shards: MLMShards, options: PretrainOptions, tokenizer, max_posi
     if shards.vocab_sha256 != vocab_sha256(tokenizer):
         raise DataError(
             f"{shards.path}: made with another vocab than the model's (vocab sha256 {shards.vocab_sha256[:12]}... vs "
-            f"{vocab_sha256(tokenizer)[:12]}...); remake it with make-mlm-data --model {options.model or '<the model>'}"
+            f"{vocab_sha256(tokenizer)[:12]}...); remake it with make-mlm-data `model` {options.model or '<the model>'}"
         )
     if shards.max_token_id >= len(tokenizer):
         raise DataError(f"{shards.path}: holds token id {shards.max_token_id}, but the model's vocab has {len(tokenizer):,} "
-                        f"tokens; remake it with make-mlm-data --model {options.model or '<the model>'}")
+                        f"tokens; remake it with make-mlm-data `model` {options.model or '<the model>'}")
     if shards.max_seq_len > max_positions:
         raise ConfigError(f"{shards.path}: sequences of up to {shards.max_seq_len} tokens, but the model has {max_positions} positions")
     if len(shards) == 0:
@@ -212,68 +223,47 @@ def _check_data(shards: MLMShards, options: PretrainOptions, tokenizer, max_posi
     if not training:
         return  # evaluation data may be masked or not: unmasked data is masked once, with a fixed seed
     if options.dynamic_masking and shards.masked:
-        raise ConfigError(f"{flag} {shards.path}: already masked; --dynamic-masking needs data made with make-mlm-data --no-mask")
+        raise ConfigError(f"{flag} {shards.path}: already masked; `dynamic_masking` needs data made with make-mlm-data `no_mask`")
     if not options.dynamic_masking and not shards.masked:
-        raise ConfigError(f"{flag} {shards.path}: made with --no-mask; pretrain it with --dynamic-masking")
+        raise ConfigError(f"{flag} {shards.path}: made with `no_mask`; pretrain it with `dynamic_masking`")
 
 
 def validate_options(options: PretrainOptions) -> None:
     if (options.model is None) == (options.config_name is None):
-        raise ConfigError("give --model DIR|REPO to continue pretraining a checkpoint, or --config tiny|small|base to start from scratch (not both)")
+        raise ConfigError("give `model` DIR|REPO to continue pretraining a checkpoint, or `config_name` tiny|small|base to start from scratch (not both)")
     if options.config_name is None and options.vocab is not None:
-        raise ConfigError("--vocab goes with --config (a fresh model); a --model brings its own vocab.txt")
+        raise ConfigError("`vocab` goes with `config_name` (a fresh model); a `model` brings its own vocab.txt")
     if options.eval_data is not None and options.eval_fraction is not None:
-        raise ConfigError("give --eval-data or --eval-fraction, not both")
+        raise ConfigError("give `eval_data` or `eval_fraction`, not both")
     if options.eval_fraction is not None and not 0 < options.eval_fraction < 1:
-        raise ConfigError(f"--eval-fraction must be between 0 and 1, got {options.eval_fraction}")
+        raise ConfigError(f"`eval_fraction` must be between 0 and 1, got {options.eval_fraction}")
     if not options.dynamic_masking and (options.masked_lm_prob is not None or options.max_predictions is not None):
-        raise ConfigError("--masked-lm-prob and --max-predictions apply to --dynamic-masking; static data keeps its make-mlm-data masks")
-
-
-def build_mlm_model(options: PretrainOptions, seed: int):
-    """(model, tokenizer, freshly initialised parameter names) from --model or --config."""
-    from sbert_cli.model.bert import build_model
-    from sbert_cli.model.config import preset
-    from sbert_cli.model.model_dir import (
-        load_for_task,
-        load_tokenizer,
-        resolve_model_dir,
-    )
-    from sbert_cli.model.tokenizer import BertTokenizer
-    from sbert_cli.resources import CHINESE_VOCAB
-
-    torch.manual_seed(seed)
-    if options.config_name is not None:
-        tokenizer = BertTokenizer.from_vocab(options.vocab or CHINESE_VOCAB)
-        return build_model(preset(options.config_name, vocab_size=len(tokenizer)), "mlm"), tokenizer, ["all parameters (--config)"]
-    model_dir = resolve_model_dir(options.model)
-    loaded = load_for_task(model_dir, "mlm", allow_new_head=True)
-    # The pooler is not used by the MLM objective (and is frozen here), so a missing one is not news.
-    new_head = [name for name in loaded.initialized if not name.startswith("bert.pooler.")]
-    return loaded.model, load_tokenizer(model_dir), new_head
+        raise ConfigError("`masked_lm_prob` and `max_predictions` apply to `dynamic_masking`; static data keeps its make-mlm-data masks")
 
 
 def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks | None = None, on_micro_batch=None) -> PretrainResult:
     """Masked-LM training; writes OUT/last (and OUT/best when evaluating) as sbert model dirs with the MLM head."""
+    from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
+
     validate_options(options)
     config.validate()
     reads = tuple(p for p in (options.data, options.eval_data, options.model) if p is not None and Path(p).is_dir())
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
     shards = MLMShards(options.data)
     eval_shards = MLMShards(options.eval_data) if options.eval_data is not None else None
-    model, tokenizer, new_head = build_mlm_model(options, config.seed)
+    model, tokenizer, new_head = build_or_load("mlm", model=options.model, config_name=options.config_name,
+                                               vocab=options.vocab, seed=config.seed)
+    new_head = freeze_unused_pooler(model, new_head)  # the MLM objective never reaches the pooler
     config, lr_choice = with_chosen_lr(config, "mlm", model.config.hidden_size, options.config_name is not None, new_head)
-    # The MLM objective never reaches the pooler: freeze it, so no optimizer or DDP waits for its gradient.
-    model.bert.pooler.requires_grad_(False)
     max_positions = model.config.max_position_embeddings
-    _check_data(shards, options, tokenizer, max_positions, "--data")
+    _check_data(shards, options, tokenizer, max_positions, "`data`")
     if eval_shards is not None:
-        _check_data(eval_shards, options, tokenizer, max_positions, "--eval-data", training=False)
+        _check_data(eval_shards, options, tokenizer, max_positions, "`eval_data`", training=False)
     dupes = shards.settings.get("dupe_factor", 1)
     if options.eval_fraction is not None and dupes > 1:
         raise ConfigError(
-            f"--eval-fraction: {options.data} holds {dupes} masked copies of each line, so held-out sequences would "
-            "still be trained on; make separate evaluation data and pass --eval-data"
+            f"`eval_fraction`: {options.data} holds {dupes} masked copies of each line, so held-out sequences would "
+            "still be trained on; make separate evaluation data and pass `eval_data`"
         )
     masker = masker_for(shards, tokenizer, options.masked_lm_prob, options.max_predictions) if options.dynamic_masking else None
 
@@ -281,7 +271,7 @@ def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks
     if options.eval_fraction is not None:
         held_out = max(1, round(len(shards) * options.eval_fraction))
         if held_out >= len(shards):
-            raise ConfigError(f"--eval-fraction {options.eval_fraction} leaves no training data ({len(shards)} sequences)")
+            raise ConfigError(f"`eval_fraction` {options.eval_fraction} leaves no training data ({len(shards)} sequences)")
         order = np.random.default_rng([config.seed, 7]).permutation(len(shards))
         train_indices, eval_indices = np.sort(order[held_out:]), np.sort(order[:held_out])
         evaluation = eval_source(shards, tokenizer, indices=eval_indices, masker=masker)
@@ -328,13 +318,15 @@ class MaskPrediction:
     candidates: list[Candidate]
 
 
-@dataclass
-class FillMaskResult:
-    text: str
-    masks: list[MaskPrediction]
-
+class _AsJson:
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FillMaskResult(_AsJson):
+    text: str
+    masks: list[MaskPrediction]
 
 
 @dataclass
@@ -351,12 +343,9 @@ class SpanPrediction:
 
 
 @dataclass
-class JointFillResult:
+class JointFillResult(_AsJson):
     text: str
     spans: list[SpanPrediction]
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 FILL_MASK_CHUNK = 256  # texts encoded and predicted together when streaming: memory stays flat, output comes as it goes
@@ -392,7 +381,7 @@ def masked_topk(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each sequence, the k most probable tokens at its `positions`: (probabilities (M, k), token ids (M, k)).
 
-    Sequences are batched by length; the MLM head runs only at the requested positions.
+    Sequences are batched by length; the MLM head runs only at the requested positions (masked_logits).
     """
     device = next(model.parameters()).device
     vocab_size = model.config.vocab_size
@@ -408,7 +397,7 @@ def masked_topk(
             input_ids, attention_mask = pad_batch([sequences[i] for i in batch], pad_id)
             # Rows with fewer masks repeat position 0 ([CLS]); those predictions are dropped below.
             masked_positions, _ = pad_batch([positions[i] for i in batch], 0)
-            logits = model(input_ids.to(device), attention_mask.to(device), masked_positions=masked_positions.to(device))
+            logits = masked_logits(model, input_ids.to(device), attention_mask.to(device), masked_positions.to(device))
             probabilities = logits.float().softmax(dim=-1)  # (b, M, V)
             values, token_ids = probabilities.topk(k, dim=-1)  # (b, M, k)
             for row, i in enumerate(batch):
@@ -422,11 +411,11 @@ def check_fill_options(top_k: int, joint: bool, vocab_size: int, batch_size: int
     from sbert_cli.limits import BATCH_SIZE_WHY, JOINT_TOP_K_WHY, MAX_BATCH_SIZE, MAX_JOINT_TOP_K, check_range
 
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, not {top_k}")
+        raise ConfigError(f"`top_k` must be at least 1, not {top_k}")
     if joint:
-        check_range("--top-k", top_k, 1, MAX_JOINT_TOP_K, f"with --joint: {JOINT_TOP_K_WHY}")
-    check_range("--top-k", top_k, 1, vocab_size, f"the vocab has {vocab_size:,} tokens")
-    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
+        check_range("top_k", top_k, 1, MAX_JOINT_TOP_K, f"with `joint`: {JOINT_TOP_K_WHY}")
+    check_range("top_k", top_k, 1, vocab_size, f"the vocab has {vocab_size:,} tokens")
+    check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
 
 
 def _encode_masked(
@@ -446,13 +435,13 @@ def _fit(ids: list[int], text: str, origin: str, tokenizer: BertTokenizer, max_l
     if len(ids) > max_length and truncate:
         ids = ids[: max_length - 1] + [tokenizer.sep_id]
         if tokenizer.mask_id not in ids:
-            raise DataError(f"{origin}: no {MASK_TOKEN} in the first {max_length} tokens, where --truncate cuts the "
+            raise DataError(f"{origin}: no {MASK_TOKEN} in the first {max_length} tokens, where `truncate` cuts the "
                             f"text for the model's {max_length} positions; shorten it before the {MASK_TOKEN}")
     if tokenizer.mask_id not in ids:
         raise _no_mask_error(origin, text)
     if len(ids) > max_length:
         raise DataError(f"{origin}: {len(ids)} tokens, more than the model's {max_length} positions; shorten the "
-                        "text, or pass --truncate (or --on-bad-lines skip)")
+                        "text, or pass `truncate` (or `on_bad_lines` skip)")
     return ids
 
 
@@ -472,9 +461,17 @@ def fill_mask(
     top_k: int = 5,
     origins: list[str] | None = None,
     batch_size: int = 32,
-) -> list[FillMaskResult]:
-    """The top_k tokens, with probabilities, at every [MASK] of every text; each mask predicted independently."""
-    return _fill_plain(model, tokenizer, texts, _encode_masked(model, tokenizer, texts, origins, top_k), top_k, batch_size)
+    joint: bool = False,
+) -> list[FillMaskResult] | list[JointFillResult]:
+    """The top_k tokens, with probabilities, at every [MASK] of every text, each mask predicted independently;
+    joint=True: the top_k whole words for every run of consecutive [MASK]s, decoded jointly (_fill_joint)."""
+    sequences = _encode_masked(model, tokenizer, texts, origins, top_k, joint)
+    return (_fill_joint if joint else _fill_plain)(model, tokenizer, texts, sequences, top_k, batch_size)
+
+
+def fill_mask_joint(model: nn.Module, tokenizer: BertTokenizer, texts: list[str], **options) -> list[JointFillResult]:
+    """fill_mask(..., joint=True)."""
+    return fill_mask(model, tokenizer, texts, joint=True, **options)
 
 
 def _fill_plain(model, tokenizer, texts: list[str], sequences: list[list[int]], top_k: int, batch_size: int) -> list[FillMaskResult]:
@@ -541,14 +538,7 @@ class _SpanSearch:
     beams: list[_Beam] = field(default_factory=list)
 
 
-def fill_mask_joint(
-    model: nn.Module,
-    tokenizer: BertTokenizer,
-    texts: list[str],
-    top_k: int = 5,
-    origins: list[str] | None = None,
-    batch_size: int = 32,
-) -> list[JointFillResult]:
+def _fill_joint(model, tokenizer, texts: list[str], sequences: list[list[int]], top_k: int, batch_size: int) -> list[JointFillResult]:
     """The top_k whole words for every run of consecutive [MASK]s, decoded jointly.
 
     Each run is filled one token at a time, most confident position first, re-running the model after
@@ -556,11 +546,6 @@ def fill_mask_joint(
     the product of the probabilities of its tokens at the step each was filled. Other [MASK] runs stay
     masked meanwhile. A single [MASK] gets the same candidates and scores as fill_mask.
     """
-    sequences = _encode_masked(model, tokenizer, texts, origins, top_k, joint=True)
-    return _fill_joint(model, tokenizer, texts, sequences, top_k, batch_size)
-
-
-def _fill_joint(model, tokenizer, texts: list[str], sequences: list[list[int]], top_k: int, batch_size: int) -> list[JointFillResult]:
     width = max(top_k, JOINT_BEAM_WIDTH)
     searches = [
         _SpanSearch(index, span, [_Beam(list(ids), list(span))])
@@ -613,7 +598,7 @@ def run_fill_mask(
 ) -> list[FillMaskResult] | list[JointFillResult]:
     """Load a model with an MLM head (model dir or hub repo id) and fill the masks of `texts`."""
     if not texts:
-        raise DataError(f"no text to fill; give TEXT arguments, --file, or pipe lines on stdin, each with {MASK_TOKEN}")
+        raise DataError(f"no text to fill; give TEXT arguments, `file`, or pipe lines on stdin, each with {MASK_TOKEN}")
     origins = _default_origins(texts, origins)
     for text, origin in zip(texts, origins):  # fail on a text without [MASK] before loading the weights
         if MASK_TOKEN not in text:
@@ -659,7 +644,7 @@ def stream_fill_mask(
     from sbert_cli.tasks.inference import prepare_inference
 
     if on_bad_lines not in BAD_TEXT_POLICIES:
-        raise ConfigError(f"--on-bad-lines must be one of {', '.join(BAD_TEXT_POLICIES)}, not {on_bad_lines!r}")
+        raise ConfigError(f"`on_bad_lines` must be one of {', '.join(BAD_TEXT_POLICIES)}, not {on_bad_lines!r}")
     tokenizer = load_tokenizer(model)
     check_fill_options(top_k, joint, len(tokenizer), batch_size)
     net = load_for_task(model, "mlm").model
@@ -726,9 +711,14 @@ PROBE_SENTENCES = (
 # characters of these everyday sentences in its top 5 — right at what chance allows — but far more in its top 100.
 # The unigram guesser (the most frequent characters of the bundled THUCNews titles, whatever the context) is shown
 # beside them: a head that does no better has learned little but word frequencies.
+# Beating a uniform guess is not enough, though: a fresh head over a pretrained encoder decodes through the trained
+# word embeddings (tied weights), so it is not uniform. Measured on m3e-small's fresh heads: 1.0% and 3.4% top-100
+# (seeds 42 and 2; the second beats uniform chance at p < 1e-3), against 19.8% after a single training step, 29% for
+# the demo's tiny BERT and 42.5% for m3e after 268 steps. So a head also needs UNTRAINED_TOP100 in its top 100.
 TRAINED_ACCURACY = 0.2
 CHANCE_P_VALUE = 1e-3
 CHANCE_TOP_K = 100
+UNTRAINED_TOP100 = 0.10
 PROBE_STRIDE = 5  # every 5th character masked per copy: 20% masked, close to pretraining's 15%
 
 
@@ -757,8 +747,11 @@ class ProbeResult:
 
 def probe_verdict(top1_hits: int, top100_hits: int, predictions: int, vocab_size: int,
                   threshold: float = TRAINED_ACCURACY) -> str:
-    """untrained (top-100 hits no more than chance gives), weak, or trained (top-1 at least `threshold`)."""
+    """untrained (top-100 hits no more than chance gives, or under UNTRAINED_TOP100), weak, or trained (top-1 at
+    least `threshold`)."""
     if _binomial_tail(top100_hits, predictions, min(1.0, CHANCE_TOP_K / vocab_size)) > CHANCE_P_VALUE:
+        return "untrained"
+    if top100_hits < UNTRAINED_TOP100 * predictions:
         return "untrained"
     return "trained" if top1_hits >= threshold * predictions else "weak"
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import shlex
 import signal
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,21 +122,3 @@ def process_group(env: DistributedEnv, device: torch.device, timeout_s: float):
     finally:
         if started and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def resume_command() -> str:
-    """The command line that started this process, with --resume: what to run to continue."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "sbert_cli")):
-        argv[0:1] = ["python", "-m", "sbert_cli"]
-    elif argv:
-        argv[0] = Path(argv[0]).name
-    env = DistributedEnv.from_env()
-    if env.distributed:
-        nproc = os.environ.get("LOCAL_WORLD_SIZE", str(env.world_size))
-        argv = ["torchrun", f"--nproc-per-node={nproc}", "-m", "sbert_cli", *argv[3:]] if argv[:3] == ["python", "-m", "sbert_cli"] else ["torchrun", f"--nproc-per-node={nproc}", *argv]
-    argv = [a for a in argv if a != "--force"]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(argv)
-

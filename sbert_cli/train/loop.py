@@ -86,38 +86,38 @@ class TrainConfig:
                                                   save_every=self.save_every, patience=self.patience).items() if v is not None})
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"`{name}` must be at least 1, got {value}")
         from sbert_cli import limits
 
-        limits.check_range("--batch-size", self.batch_size, 1, limits.MAX_BATCH_SIZE,
-                           f"{limits.BATCH_SIZE_WHY}; for bigger batches raise --grad-accum")
-        limits.check_range("--grad-accum", self.grad_accum, 1, limits.MAX_GRAD_ACCUM, limits.GRAD_ACCUM_WHY)
-        for name, value, low in (("--max-steps", self.max_steps, 1), ("--warmup-steps", self.warmup_steps, 0)):
+        limits.check_range("batch_size", self.batch_size, 1, limits.MAX_BATCH_SIZE,
+                           f"{limits.BATCH_SIZE_WHY}; for bigger batches raise `grad_accum`")
+        limits.check_range("grad_accum", self.grad_accum, 1, limits.MAX_GRAD_ACCUM, limits.GRAD_ACCUM_WHY)
+        for name, value, low in (("max_steps", self.max_steps, 1), ("warmup_steps", self.warmup_steps, 0)):
             if value is not None:
                 limits.check_range(name, value, low, limits.MAX_STEPS, limits.STEPS_WHY)
         if self.epochs is not None:
-            limits.check_range("--epochs", self.epochs, 1, limits.MAX_EPOCHS, "more passes than that take years on any data")
+            limits.check_range("epochs", self.epochs, 1, limits.MAX_EPOCHS, "more passes than that take years on any data")
         limits.check_seed(self.seed)
-        limits.check_range("--dist-timeout", self.dist_timeout_s, 1, 7 * 24 * 3600, "seconds, up to a week")
-        for name, value in (("--weight-decay", self.weight_decay), ("--max-grad-norm", self.max_grad_norm)):
+        limits.check_range("dist_timeout_s", self.dist_timeout_s, 1, 7 * 24 * 3600, "seconds, up to a week")
+        for name, value in (("`weight_decay`", self.weight_decay), ("`max_grad_norm`", self.max_grad_norm)):
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value}")
         if self.epochs is None and self.max_steps is None:
-            raise ConfigError("give --epochs or --max-steps")
+            raise ConfigError("give `epochs` or `max_steps`")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"`lr` must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ConfigError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"`warmup_steps` must be >= 0, got {self.warmup_steps}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"`schedule` {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+            raise ConfigError(f"`max_grad_norm` must be positive, got {self.max_grad_norm}")
         if self.resume and self.force:
-            raise ConfigError("--resume continues a run and --force starts over; give one of them")
+            raise ConfigError("`resume` continues a run and `force` starts over; give one of them")
 
 
 @dataclass
@@ -133,6 +133,7 @@ class Task(ABC):
     model_task: str  # "cls" or "mlm": the head the saved model dirs carry
     tokenizer: Any
     best_metric: str = "loss"  # picks OUT/best; see LOWER_IS_BETTER
+    eval_data_fields: str = "evaluation data"  # the options that give it, for messages (`dev`)
 
     @abstractmethod
     def train_lengths(self) -> Sequence[int]:
@@ -322,7 +323,7 @@ class Trainer:
         eval_lengths = task.eval_lengths()
         self.evaluating = eval_lengths is not None and len(eval_lengths) > 0
         if config.patience is not None and not self.evaluating:
-            raise ConfigError("--patience stops on evaluation results: give evaluation data (train-cls --dev, pretrain --eval-data or --eval-fraction)")
+            raise ConfigError(f"`patience` stops on evaluation results: give {task.eval_data_fields}")
         self.settings = {
             "strict": {"data": task.fingerprint(), "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                        "world_size": env.world_size, "seed": config.seed},
@@ -552,7 +553,7 @@ class Trainer:
             if not math.isfinite(loss_sum) and self.precision != "fp16":  # fp16's scaler skips such steps itself
                 raise SbertError(
                     f"step {self.step + 1}: the loss is {loss_sum}, training diverged; resume from the last "
-                    f"checkpoint with a lower --lr (now {config.lr}), or use --precision fp32"
+                    f"checkpoint with a lower `lr` (now {config.lr}), or use `precision` fp32"
                 )
             self.step += 1
             self.next_batch += 1

@@ -36,17 +36,17 @@ def check_run_dir(out_dir: Path, resume: bool, force: bool, reads: tuple = ()) -
     outputs = OutputDir(out_dir)
     if resume:
         if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir}: is a file; give a folder for the run")
+            raise ConfigError(f"`out` {out_dir}: is a file; give a folder for the run")
         if latest_checkpoint(out_dir) is None:
             raise ResumeError(
-                f"--resume: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop --resume "
-                "(with --force to start over in this --out)"
+                f"`resume`: no checkpoint under {out_dir / 'checkpoints'} to resume from; drop `resume` "
+                "(with `force` to start over in this `out`)"
             )
         return
     if latest_checkpoint(out_dir) is None and out_dir.is_dir() and outputs.recorded():
-        advice = "it holds a run stopped before its first checkpoint: start over with --force, or choose another --out"
+        advice = "it holds a run stopped before its first checkpoint: start over with `force`, or choose another `out`"
     else:
-        advice = "continue it with --resume, overwrite its results with --force, or choose another --out"
+        advice = "continue it with `resume`, overwrite its results with `force`, or choose another `out`"
     outputs.check(force, will_write=RUN_ARTIFACTS, reads=reads, not_empty=f"is not empty; {advice}")
 
 
@@ -179,7 +179,7 @@ def check_resume_compatible(saved: dict, current: dict, checkpoint: Path) -> lis
     if problems:
         raise ResumeError(
             f"cannot resume from {checkpoint}: {'; '.join(problems)}. Resume with the same data, batch size and "
-            "number of processes, or start a new run with another --out"
+            "number of processes, or start a new run with another `out`"
         )
     return [
         f"{key} changed from {saved['soft'].get(key)!r} to {value!r}: the run will differ from an uninterrupted one"
