@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hub_server import FakeHub, FakeRepo
@@ -261,3 +262,125 @@ def test_missing_files_sees_a_missing_shard(served, tmp_path):
     (folder / "model-00002-of-00002.safetensors").unlink()
     assert hub.missing_files(folder) == ["model-00002-of-00002.safetensors"]
     assert hub.cached_snapshot("org/never-downloaded", cache_dir=tmp_path / "cache") is None
+
+
+ST_REPO = "org/st-tiny"
+# What sbert fetches from a sentence-transformers repo: the BERT's files, and what says how it pools and normalises.
+ST_FILES = BERT_FILES - {"tokenizer_config.json"} | {
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+}
+
+
+@pytest.fixture(scope="module")
+def st_served(tmp_path_factory):
+    """A fake Hub serving a bge-style sentence-transformers repo (CLS pooling, then Normalize), laid out as on the hub:
+    a tiny BERT at the top, modules.json, 1_Pooling/config.json, no 2_Normalize/ files, and exports sbert must skip."""
+    from conftest import TINY_HF_CONFIG, make_hf_checkpoint
+
+    bert = make_hf_checkpoint(tmp_path_factory.mktemp("st") / "bert", "base", seed=2)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    pooling = {"word_embedding_dimension": TINY_HF_CONFIG["hidden_size"], "pooling_mode_cls_token": True,
+               "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+               "pooling_mode_mean_sqrt_len_tokens": False}
+    files = {p.name: p.read_bytes() for p in bert.iterdir() if p.is_file()}
+    files.update({
+        "modules.json": json.dumps(modules).encode(),
+        "sentence_bert_config.json": b'{"max_seq_length": 48, "do_lower_case": false}',
+        "config_sentence_transformers.json": b'{"__version__": {"sentence_transformers": "2.2.2"}}',
+        "1_Pooling/config.json": json.dumps(pooling).encode(),
+        "onnx/model.onnx": b"\0" * 100_000,
+        "onnx/config.json": files["config.json"],
+        "README.md": b"# st-tiny\n",
+    })
+    with FakeHub({ST_REPO: FakeRepo(files)}, max_seconds=120) as fake:
+        yield fake
+
+
+def test_select_files_takes_a_sentence_transformers_repos_modules():
+    listing = ["config.json", "vocab.txt", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "README.md",
+               "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+               "2_Dense/config.json", "2_Dense/model.safetensors", "onnx/config.json", "onnx/model.onnx",
+               "openvino/openvino_model.xml", "1_Pooling/README.md", "a/1_Pooling/config.json"]
+    wanted, weights = hub.select_files("o/m", listing)
+    assert weights == "model.safetensors"
+    assert wanted == ["config.json", "vocab.txt", "tokenizer.json", "1_Pooling/config.json", "2_Dense/config.json",
+                      "sentence_bert_config.json", "config_sentence_transformers.json", "modules.json",
+                      "model.safetensors"]  # modules.json after what it names, the weights last
+    # No modules.json: module folders and sentence-transformers' other files are not sbert's business.
+    assert hub.select_files("o/m", [n for n in listing if n != "modules.json"])[0] == [
+        "config.json", "vocab.txt", "tokenizer.json", "model.safetensors"]
+
+
+def test_sentence_transformers_repo_id_embeds_with_its_pooling(st_served, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from sbert_cli.tasks.embedding import load_embedder
+
+    fake = st_served
+    out, hf_home = tmp_path / "model", tmp_path / "hf"
+    fake.requests.clear()
+    result = sbert("download", ST_REPO, "--out", str(out), endpoint=fake.url, hf_home=hf_home)
+    assert result.returncode == 0, result.stderr
+    assert fake.fetched() == ST_FILES  # not onnx/, README.md
+    assert f"next: sbert embed --model {out}" in result.stdout
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts}
+    assert on_disk == ST_FILES
+    assert not (out / "onnx").exists()
+
+    fake.requests.clear()
+    cached = sbert("download", ST_REPO, endpoint=fake.url, hf_home=hf_home)
+    assert cached.returncode == 0, cached.stderr
+    assert fake.fetched() == ST_FILES
+    assert f"next: sbert embed --model {ST_REPO} " in cached.stdout
+    offline = sbert("download", ST_REPO, endpoint=fake.url, hf_home=hf_home, HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr
+    assert "1_Pooling/config.json" in offline.stdout and "modules.json" in offline.stdout
+
+    fake.requests.clear()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    embedder = load_embedder(ST_REPO, device="cpu", precision="fp32")  # found in the cache, offline
+    assert fake.requests == []
+    assert (embedder.settings.pooling, embedder.settings.normalize, embedder.max_length) == ("cls", True, 48)
+
+    texts = ["今天天气很好，我们去公园散步吧。", "股市", "Hello World！😀 café", "很长的句子" * 30]
+    vectors = embedder.embed(texts)
+    assert np.linalg.norm(vectors, axis=1) == pytest.approx(1.0, abs=1e-5)
+    st = pytest.importorskip("sentence_transformers")
+    expected = st.SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True, batch_size=4)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)  # what sentence-transformers makes of the repo
+
+
+def test_cache_from_before_modules_json_still_loads_and_download_completes_it(st_served, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from sbert_cli.tasks.embedding import load_embedder
+
+    fake = st_served
+    hf_home = tmp_path / "hf"
+    assert sbert("download", ST_REPO, endpoint=fake.url, hf_home=hf_home).returncode == 0
+    (snapshot,) = (hf_home / "hub" / f"models--{ST_REPO.replace('/', '--')}" / "snapshots").iterdir()
+    for name in ST_FILES - BERT_FILES:  # what an sbert before 0.2.0 left in the cache: the BERT's files only
+        (snapshot / name).resolve().unlink()  # the blob
+        (snapshot / name).unlink()  # the snapshot's link to it
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+
+    assert hub.missing_files(snapshot) == []
+    assert hub.fetch_model(ST_REPO) == snapshot
+    old = load_embedder(ST_REPO, device="cpu", precision="fp32")
+    assert (old.settings.pooling, old.settings.normalize) == ("mean", True)  # as before: the default pooling
+
+    fake.requests.clear()
+    again = sbert("download", ST_REPO, endpoint=fake.url, hf_home=hf_home)
+    assert again.returncode == 0, again.stderr
+    assert fake.fetched() == ST_FILES - BERT_FILES  # only what was missing
+    new = load_embedder(ST_REPO, device="cpu", precision="fp32")
+    assert (new.settings.pooling, new.settings.normalize) == ("cls", True)
+
+    # modules.json without the pooling config it names: incomplete, so a repo id downloads it again.
+    (snapshot / "1_Pooling" / "config.json").unlink()
+    assert hub.missing_files(snapshot) == ["1_Pooling/config.json"]
+    assert hub.cached_snapshot(ST_REPO) is None

@@ -1,4 +1,5 @@
-"""sbert download: fetch a BERT's config, vocab, tokenizer files and weights from the hub (or a mirror)."""
+"""sbert download: fetch a BERT's config, vocab, tokenizer files and weights from the hub (or a mirror), and a
+sentence-transformers repo's modules.json and pooling settings."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sbert_cli.model.hub import (
 )
 
 EXAMPLE_TEXT = "巴黎是[MASK]国的首都。"
+EMBED_EXAMPLE_TEXT = "今天天气很好"
 
 
 @app.command("download")
@@ -29,6 +31,9 @@ def download_command(
     force: bool = typer.Option(False, "--force", help="Download into a non-empty --out that holds other files."),
 ) -> None:
     """Download only what a BERT needs: config, vocab, tokenizer files, safetensors (else .bin) weights.
+
+    A sentence-transformers repo also brings modules.json, sentence_bert_config.json and its modules' config.json
+    (e.g. 1_Pooling/), so `sbert embed` pools and normalises as the model was trained.
 
     Honours HF_ENDPOINT (e.g. a mirror), HF_TOKEN (gated or private repos) and HF_HUB_OFFLINE.
     """
@@ -50,4 +55,7 @@ def download_command(
         console.print(f"removed stale {name} from an earlier download")
     # A cached download is found by repo id only for the default branch.
     model = result.repo_id if result.in_cache and result.revision == "main" else shlex.quote(str(result.path))
-    console.print(f"next: sbert fill-mask --model {model} \"{EXAMPLE_TEXT}\"", soft_wrap=True)
+    if "modules.json" in result.files:  # a sentence encoder
+        console.print(f"next: sbert embed --model {model} \"{EMBED_EXAMPLE_TEXT}\"", soft_wrap=True)
+    else:
+        console.print(f"next: sbert fill-mask --model {model} \"{EXAMPLE_TEXT}\"", soft_wrap=True)

@@ -1,5 +1,8 @@
 """Fetching a BERT from the Hugging Face Hub (or a mirror): only the files sbert needs, with rich progress.
 
+A sentence-transformers repo also brings modules.json and its modules' settings (pooling, Normalize), so a repo id
+embeds as sentence-transformers would.
+
 huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME and HF_TOKEN when it is first imported, so it is
 imported inside the functions here, which keeps `sbert --help` fast and lets `--endpoint` become HF_ENDPOINT
 before that first import. The endpoint is also passed to every call, for processes that imported it earlier.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +29,11 @@ DEFAULT_REPO = "hfl/chinese-bert-wwm-ext"
 MIRROR_ENDPOINT = "https://hf-mirror.com"
 REQUIRED_FILES = ("config.json", "vocab.txt")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
+# A sentence-transformers repo: modules.json names its modules (pooling, Normalize, ...); these sit beside it, and
+# each module folder (`1_Pooling/`, named `{index}_{Module}` by sentence-transformers) keeps its settings in config.json.
+ST_MODULES_FILE = "modules.json"
+ST_FILES = ("sentence_bert_config.json", "config_sentence_transformers.json")
+ST_MODULE_CONFIG = re.compile(r"\d+_[^/]+/config\.json")
 # Written into the HF metadata folder of an --out dir, so a re-run knows the folder is this model's download.
 MARKER = Path(".cache") / "huggingface" / "sbert-download.json"
 
@@ -67,12 +76,23 @@ def select_files(repo_id: str, repo_files: list[str]) -> tuple[list[str], str]:
             f"{repo_id} has no PyTorch weights: no model.safetensors or pytorch_model.bin{found}. "
             "Pick a repo with PyTorch weights"
         )
-    wanted = [*REQUIRED_FILES, *(n for n in TOKENIZER_FILES if n in available), weights]
+    # Weights last: a download cut short then lacks them and counts as incomplete, so it is fetched again rather
+    # than loaded without its modules.json (which comes after its module configs, for the same reason).
+    wanted = [*REQUIRED_FILES, *(n for n in TOKENIZER_FILES if n in available), *_st_files(available), weights]
     return wanted, weights
 
 
+def _st_files(available: set[str]) -> list[str]:
+    """A sentence-transformers repo's modules.json, the files beside it and its module folders' config.json."""
+    if ST_MODULES_FILE not in available:
+        return []
+    module_configs = sorted(n for n in available if ST_MODULE_CONFIG.fullmatch(n))
+    return [*module_configs, *(n for n in ST_FILES if n in available), ST_MODULES_FILE]
+
+
 def missing_files(model_dir: Path) -> list[str]:
-    """What a model folder lacks before sbert can load it (config, vocab, weights and every shard)."""
+    """What a model folder lacks before sbert can load it (config, vocab, weights and every shard, and the
+    Pooling config its modules.json names, if it has one)."""
     missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
     weights = next((name for name in WEIGHT_FILES if (model_dir / name).is_file()), None)
     if weights is None:
@@ -83,7 +103,21 @@ def missing_files(model_dir: Path) -> list[str]:
         except DownloadError:
             return [*missing, weights]
         missing += [s for s in shards if not (model_dir / s).is_file()]
-    return missing
+    return [*missing, *_missing_pooling_configs(model_dir)]
+
+
+def _missing_pooling_configs(model_dir: Path) -> list[str]:
+    """The Pooling configs a folder's modules.json names but it lacks. No modules.json (e.g. a download by an
+    sbert before 0.2.0): nothing is missing, the folder embeds with the default pooling."""
+    try:
+        modules = json.loads((model_dir / ST_MODULES_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # absent; or unreadable, which loading it reports
+        return []
+    if not isinstance(modules, list):
+        return []
+    modules = [m for m in modules if isinstance(m, dict)]
+    pooling = [m.get("path") for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] == "Pooling"]
+    return [f"{p}/config.json" for p in pooling if isinstance(p, str) and p and not (model_dir / p / "config.json").is_file()]
 
 
 def download(
@@ -254,7 +288,9 @@ def _offline_result(repo_id: str, revision: str, out: Path | None, cache_dir) ->
 
 def _bert_files(repo_id: str, folder: Path) -> list[str]:
     """The files of a complete local download that select_files would have fetched, shards included."""
-    wanted, weights = select_files(repo_id, [p.name for p in folder.iterdir() if p.is_file()])
+    listing = [p.name for p in folder.iterdir() if p.is_file()]
+    listing += [f"{p.name}/config.json" for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    wanted, weights = select_files(repo_id, listing)
     return wanted + (_shards(folder / weights) if weights.endswith(".index.json") else [])
 
 
