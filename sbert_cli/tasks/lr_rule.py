@@ -9,7 +9,9 @@ reports which parameters were initialised fresh), so the rule is applied there:
   recipes (BERT-base 1e-4, ELECTRA-small 5e-4 at hidden 256); a tiny BERT (hidden 64) learns THUCNews
   titles best at 2e-3 (measured: 0.72 dev accuracy after 3 epochs, against 0.66 at 1e-3 and 0.10 at 2e-5).
 - fine-tuning a pretrained encoder (train-cls --model): BERT's fine-tuning rates; smaller encoders
-  take larger ones (Turc et al. 2019 tuned 3e-5..1e-4 for BERTs narrower than base). A tiny BERT is
+  take larger ones (Turc et al. 2019 tuned 3e-5..1e-4 for BERTs narrower than base). m3e-small (4 x 512) on
+  THUCNews titles, 3 epochs, seed 42: 0.870 dev accuracy at 5e-5, 0.874 at 1e-4, 0.884 at 2e-4, 0.871 at 4e-4;
+  2e-4 over three seeds is in README's "Fine-tuning quality". Widths from 129 to 256 keep 1e-4 (not measured). A tiny BERT is
   barely changed by minutes of pretraining and still needs a from-scratch rate (measured on the demo's
   pretrained tiny BERT, 5 epochs: 0.72 dev accuracy at 2e-3, 0.50 at 5e-4, 0.34 at 1e-4).
 - a pretrained encoder with a new MLM head (pretrain --model of a checkpoint without cls.predictions):
@@ -34,7 +36,7 @@ SCRATCH, FINE_TUNE, NEW_HEAD, CONTINUE = "from scratch", "fine-tuning", "new MLM
 # (largest hidden size, lr): the first row whose width is >= the model's.
 RULE: dict[str, tuple[tuple[float, float], ...]] = {
     SCRATCH: ((128, 2e-3), (256, 5e-4), (float("inf"), 1e-4)),
-    FINE_TUNE: ((128, 2e-3), (256, 1e-4), (512, 5e-5), (float("inf"), 2e-5)),
+    FINE_TUNE: ((128, 2e-3), (256, 1e-4), (512, 2e-4), (float("inf"), 2e-5)),
     NEW_HEAD: ((512, 5e-4), (float("inf"), 1e-4)),
     CONTINUE: ((float("inf"), 5e-5),),
 }
