@@ -48,7 +48,7 @@ def option_names(command) -> dict[str, str]:
 
 
 _running_command = None  # the subcommand SbertGroup is running, for in_flags
-_all_commands: list = []  # every subcommand, for fields the running one lacks
+_all_commands: list = []  # every subcommand, for fields the running one lacks; filled when first needed
 
 
 def in_flags(message: str, command=None) -> str:
@@ -61,7 +61,7 @@ def in_flags(message: str, command=None) -> str:
         field_name = match.group(1)
         if field_name in names:
             return names[field_name]
-        if not _all_commands:  # called outside a run (tests, the Python API)
+        if not _all_commands:  # only on the rare message naming another command's field: not at start-up
             group = typer.main.get_command(app)
             _all_commands[:] = [group.get_command(None, n) for n in group.list_commands(None)]
         for other in _all_commands:
@@ -129,7 +129,6 @@ class SbertGroup(TyperGroup):
         global _running_command
         name, command, rest = super().resolve_command(ctx, args)
         _running_command = command
-        _all_commands[:] = [c for c in (self.get_command(ctx, n) for n in self.list_commands(ctx)) if c is not None]
         return name, command, rest
 
     def invoke(self, ctx: click.Context):

@@ -99,9 +99,9 @@ class TrainConfig:
             limits.check_range("epochs", self.epochs, 1, limits.MAX_EPOCHS, "more passes than that take years on any data")
         limits.check_seed(self.seed)
         limits.check_range("dist_timeout_s", self.dist_timeout_s, 1, 7 * 24 * 3600, "seconds, up to a week")
-        for name, value in (("`weight_decay`", self.weight_decay), ("`max_grad_norm`", self.max_grad_norm)):
+        for name, value in (("weight_decay", self.weight_decay), ("max_grad_norm", self.max_grad_norm)):
             if value is not None and not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value}")
+                raise ConfigError(f"`{name}` must be a finite number, got {value}")
         if self.epochs is None and self.max_steps is None:
             raise ConfigError("give `epochs` or `max_steps`")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
