@@ -6,7 +6,10 @@ at the same recipe, beside a character TF-IDF + LinearSVC baseline, on the bundl
   The recipe it chose is read back from the run's run.json (without an sbert run, from the library's defaults).
 - transformers: `AutoModelForSequenceClassification.from_pretrained(M)` + `Trainer` with the recipe sbert
   chose: the same peak lr, warmup steps, linear decay, batch size, epochs, weight decay (not on biases and
-  LayerNorm), gradient clipping, max length and seed; AdamW (torch), dynamic padding (DataCollatorWithPadding).
+  LayerNorm), gradient clipping, max length and seed; AdamW (torch), dynamic padding (DataCollatorWithPadding);
+  and the same tokens: `AutoTokenizer.from_pretrained(M, do_lower_case=...)` as sbert's tokenizer decided.
+  m3e-small's tokenizer_config.json says do_lower_case false over a vocab with no capital letters, which sbert
+  lower-cases; `transformers-checkpoint-case` takes the checkpoint's setting as it stands (capitals -> [UNK]).
 - TF-IDF: character 1-2-grams, sublinear tf, LinearSVC (the demo's baseline).
 
 Both BERTs are scored on the dev titles after every epoch (dev is never used to pick a model here: the
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-LIBRARIES = ("sbert", "transformers", "tfidf", "transformers-random-init")
+LIBRARIES = ("sbert", "transformers", "tfidf", "transformers-random-init", "transformers-checkpoint-case")
 DEFAULT_LIBRARIES = ("sbert", "transformers", "tfidf")
 
 
@@ -81,11 +84,12 @@ def run_sbert(args, seed: int, train: Path, dev: Path, labels: Path, work: Path)
             "recipe": {"lr": run["train"]["lr"], "warmup_steps": run["warmup_steps"], "total_steps": run["total_steps"],
                        "batch_size": run["global_batch_size"], "max_seq_len": run["max_seq_len"],
                        "weight_decay": run["train"]["weight_decay"], "schedule": run["train"]["schedule"],
-                       "max_grad_norm": run["train"]["max_grad_norm"], "lr_reason": run.get("lr_choice")}}
+                       "max_grad_norm": run["train"]["max_grad_norm"], "lr_reason": run.get("lr_choice")},
+            "do_lower_case": json.loads((out / "last" / "tokenizer_config.json").read_text())["do_lower_case"]}
 
 
 def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labels: Path, work: Path,
-                     pretrained: bool = True) -> dict:
+                     pretrained: bool = True, checkpoint_case: bool = False) -> dict:
     """transformers' Trainer at `recipe` (sbert's choice); dev accuracy after every epoch.
 
     pretrained=False: the same model shape with random weights — what a loop gets when the checkpoint's
@@ -95,9 +99,11 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
     import transformers
 
     from sbert_cli.data.classification import read_classification_file, read_label_names
+    from sbert_cli.model.model_dir import load_tokenizer
 
     names = read_label_names(labels)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(args.model))
+    case = {} if checkpoint_case else {"do_lower_case": load_tokenizer(args.model).do_lower_case}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(args.model), **case)
 
     def dataset(path: Path) -> list[dict]:
         data = read_classification_file(path, names, allow_new_labels=False)
@@ -135,7 +141,7 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
     evals = [r["eval_accuracy"] for r in trainer.state.log_history if "eval_accuracy" in r]
     torch.set_num_threads(args.threads)
     return {"per_epoch": [round(a, 4) for a in evals], "seconds": round(seconds, 1),
-            "total_steps": trainer.state.max_steps}
+            "total_steps": trainer.state.max_steps, "do_lower_case": tokenizer.do_lower_case}
 
 
 def run_tfidf(train: Path, dev: Path, labels: Path, seed: int) -> dict:
@@ -234,7 +240,8 @@ def main() -> None:
                     recipe = recipes.get(seed) or default_recipe(args, examples)  # sbert's, as its run recorded it
                     recipe = {**recipe, **({"lr": args.lr} if args.lr is not None else {})}
                     result = run_transformers(args, seed, recipe, train, THUCNEWS_DEV, THUCNEWS_CLASSES, Path(tmp),
-                                              pretrained=library == "transformers")
+                                              pretrained=library != "transformers-random-init",
+                                              checkpoint_case=library == "transformers-checkpoint-case")
                     result["lr"] = recipe["lr"]
                 else:
                     result = run_tfidf(train, THUCNEWS_DEV, THUCNEWS_CLASSES, seed)

@@ -118,6 +118,8 @@ def convert_weights(
             "bert.pooler.* kept: BertForMaskedLM.from_pretrained lists it as unexpected (it has no pooler); "
             "BertForSequenceClassification.from_pretrained uses it"
         )
+    if tokenizer.case_note:
+        summary.notes.append(tokenizer.case_note)
     if probe and "mlm" in checkpoint.heads:
         loaded = load_for_task(destination, "mlm")  # the written dir, read back the way every command reads it
         summary.probe = probe_mlm_head(loaded.model, load_tokenizer(destination))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, ModelLoadError
 from sbert_cli.resources import CHINESE_VOCAB
+from sbert_cli.model.model_dir import load_tokenizer
 from sbert_cli.tasks.embedding import (
     NpyWriter,
     embed_stream,
@@ -57,10 +58,11 @@ def make_sentence_transformer(path: Path, pooling: str, normalize: bool, seed: i
     return path
 
 
-def st_encode(model_dir: Path, texts: list[str]) -> np.ndarray:
+def st_encode(model_dir: Path, texts: list[str], **tokenizer_kwargs) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_numpy=True, batch_size=4)
+    model = SentenceTransformer(str(model_dir), device="cpu", tokenizer_kwargs=tokenizer_kwargs or None)
+    return model.encode(texts, convert_to_numpy=True, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -245,4 +247,9 @@ def test_real_checkpoint_matches_sentence_transformers():
     model_dir = Path(os.environ["SBERT_REAL_BERT"])
     texts = TEXTS + ["在这个快速发展的时代，人工智能正在改变我们的生活方式和工作方式。" * 4]
     embedder = load_embedder(model_dir, normalize=False, device="cpu", precision="fp32", batch_size=4)
-    np.testing.assert_allclose(embedder.embed(texts), st_encode(model_dir, texts), atol=1e-5, rtol=0)
+    # m3e-small's tokenizer_config.json says do_lower_case false over a vocab without capitals, which sbert
+    # lower-cases (BertTokenizer.from_model_dir); sentence-transformers is told the same, or "Hello" is [UNK].
+    lower = load_tokenizer(model_dir).do_lower_case
+    np.testing.assert_allclose(embedder.embed(texts), st_encode(model_dir, texts, do_lower_case=lower), atol=1e-5, rtol=0)
+    uncased = [t for t in texts if t == t.lower()]
+    np.testing.assert_allclose(embedder.embed(uncased), st_encode(model_dir, uncased), atol=1e-5, rtol=0)

@@ -177,9 +177,10 @@ def test_manifest_records_settings_checksum_version_and_counts(tmp_path, tokeniz
 
 
 def test_model_dir_vocab_and_its_lower_casing_are_used(tmp_path):
+    # A cased vocab (capitals present) under do_lower_case false keeps case.
     model = tmp_path / "model"
     model.mkdir()
-    model.joinpath("vocab.txt").write_bytes(CHINESE_VOCAB.read_bytes())
+    model.joinpath("vocab.txt").write_text(CHINESE_VOCAB.read_text(encoding="utf-8").rstrip("\n") + "\nBERT\n", encoding="utf-8")
     model.joinpath("tokenizer_config.json").write_text('{"do_lower_case": false}')
     path = tmp_path / "a.txt"
     path.write_text("BERT 很好\n", encoding="utf-8")
@@ -189,6 +190,24 @@ def test_model_dir_vocab_and_its_lower_casing_are_used(tmp_path):
     assert data.manifest["do_lower_case"] is False
     cased = BertTokenizer.from_model_dir(model)
     assert data[0].input_ids.tolist() == cased.encode(["BERT 很好"])[0]
+    assert cased.tokenize("BERT") == ["BERT"]
+
+
+def test_caseless_vocab_under_do_lower_case_false_is_lower_cased_with_a_note(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    model.joinpath("vocab.txt").write_bytes(CHINESE_VOCAB.read_bytes())
+    model.joinpath("tokenizer_config.json").write_text('{"do_lower_case": false}')
+    path = tmp_path / "a.txt"
+    path.write_text("NBA 很好\n", encoding="utf-8")
+    result = run_cli(path, "--out", tmp_path / "out", "--model", model, "--no-mask")
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.output and "has no capital letters" in result.output
+    data = MLMShards(tmp_path / "out")
+    assert data.manifest["do_lower_case"] is True
+    tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
+    assert data[0].input_ids.tolist() == tokenizer.encode(["nba 很好"])[0]
+    assert tokenizer.unk_id not in data[0].input_ids.tolist()
 
 
 def test_show_renders_examples_and_the_report_gives_the_split(tmp_path):

@@ -130,15 +130,44 @@ def test_offsets_match_transformers(ours, reference):
 
 
 def test_cased_model_dir_keeps_case(tmp_path, vocab_path):
+    # A vocab with capitals (here the Chinese vocab plus two cased words) under do_lower_case false keeps case,
+    # as transformers does.
+    vocab = vocab_path.read_text(encoding="utf-8").rstrip("\n") + "\nApple\niPhone\n"
+    (tmp_path / "vocab.txt").write_text(vocab, encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
+    cased = BertTokenizer.from_model_dir(tmp_path)
+    assert cased.do_lower_case is False and cased.case_note is None
+    reference = transformers.BertTokenizer(vocab=str(tmp_path / "vocab.txt"), do_lower_case=False)
+    text = ["Apple iPhone Café 苹果"]
+    assert cased.encode(text) == reference(text)["input_ids"]
+    assert cased.tokenize(text[0])[:2] == ["Apple", "iPhone"]
+
+
+def test_caseless_vocab_is_lower_cased_despite_do_lower_case_false(tmp_path, vocab_path):
+    # bert-base-chinese's hub config says do_lower_case false over a vocab with no capitals: every capital
+    # would be [UNK]. sbert lower-cases, says why, and matches transformers' lower-casing tokenizer.
     import shutil
 
     shutil.copyfile(vocab_path, tmp_path / "vocab.txt")
     (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
-    cased = BertTokenizer.from_model_dir(tmp_path)
-    reference = transformers.BertTokenizer(vocab=str(vocab_path), do_lower_case=False)
-    text = ["Apple iPhone Café 苹果"]
-    assert cased.encode(text) == reference(text)["input_ids"]
-    assert cased.encode(text) != BertTokenizer.from_vocab(vocab_path).encode(text)
+    tokenizer = BertTokenizer.from_model_dir(tmp_path)
+    assert tokenizer.do_lower_case is True
+    assert "has no capital letters" in tokenizer.case_note and "NBA" in tokenizer.case_note
+    text = ["NBA季后赛 iPhone发布 QDII基金"]
+    assert tokenizer.encode(text) == transformers.BertTokenizer(vocab=str(vocab_path), do_lower_case=True)(text)["input_ids"]
+    cased_reference = transformers.BertTokenizer(vocab=str(vocab_path), do_lower_case=False)(text)["input_ids"][0]
+    assert cased_reference.count(tokenizer.unk_id) == 3 and tokenizer.unk_id not in tokenizer.encode(text)[0]
+    # A config that asks for lower-casing, or none, needs no note.
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": true}', encoding="utf-8")
+    assert BertTokenizer.from_model_dir(tmp_path).case_note is None
+
+
+def test_is_caseless_ignores_marker_tokens():
+    from sbert_cli.model.tokenizer import is_caseless
+
+    assert is_caseless({t: i for i, t in enumerate(["[PAD]", "[UNK]", "<S>", "<T>", "nba", "##a", "中"])})
+    assert not is_caseless({t: i for i, t in enumerate(["[PAD]", "nba", "NBA"])})
+    assert not is_caseless({t: i for i, t in enumerate(["[PAD]", "A"])})
 
 
 def test_vocab_without_special_tokens_is_refused(tmp_path):

@@ -186,3 +186,22 @@ def test_mean_pooling_is_saved_and_reloads_the_same(tmp_path, files):
 def test_bad_pooling_is_one_line(files):
     result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", files / "out", "--pooling", "max")
     one_line_error(result, "--pooling 'max': use one of pooler, cls, mean")
+
+
+def test_caseless_vocab_under_do_lower_case_false_trains_lower_cased(tmp_path, files):
+    """bert-base-chinese's and m3e's config says do_lower_case false over a vocab without capitals; sbert
+    lower-cases (so "NBA" is a word, not [UNK]), says so once, and saves do_lower_case true for transformers."""
+    from conftest import make_hf_checkpoint
+
+    from sbert_cli.model.model_dir import load_tokenizer
+
+    model = make_hf_checkpoint(tmp_path / "cased-config", "base")
+    (model / "tokenizer_config.json").write_text('{"do_lower_case": false, "tokenizer_class": "BertTokenizer"}', encoding="utf-8")
+    result = run("train-cls", "--model", model, "--train", files / "train.txt", "--out", tmp_path / "run",
+                 "--max-steps", 1, "--batch-size", 8, "--max-seq-len", 16, "--no-plot", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("has no capital letters") == 1
+    saved = tmp_path / "run" / "last"
+    assert json.loads((saved / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    tokenizer = load_tokenizer(saved)
+    assert tokenizer.case_note is None and tokenizer.tokenize("QDII") == tokenizer.tokenize("qdii")

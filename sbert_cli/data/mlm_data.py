@@ -429,7 +429,7 @@ def make_mlm_data(
     settings = settings or MLMDataSettings()
     if workers < 1:
         raise ConfigError(f"`workers` must be at least 1, not {workers}")
-    notes = []
+    notes = [tokenizer.case_note] if tokenizer.case_note else []
     if workers > usable_cpus():
         # Each worker is a process with its own tokenizer and segmenter: more than the CPUs only costs memory.
         notes.append(f"`workers` {workers}: this process may use {usable_cpus()} CPUs, so {usable_cpus()} workers run")

@@ -57,6 +57,18 @@ def read_vocab(path: str | Path) -> dict[str, int]:
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+def is_caseless(vocab: dict[str, int]) -> bool:
+    """True when no ordinary token holds a capital letter (marker tokens such as [CLS] or <S> aside).
+
+    Text tokenized against such a vocab without lower-casing can only meet [UNK] for its capitals: "NBA",
+    "iPhone" and "QDII" all become [UNK]. bert-base-chinese's hub tokenizer_config.json says do_lower_case
+    false over exactly such a vocab (built for lower-cased text: it has "nba" and "iphone", no "NBA"), and
+    checkpoints derived from it (m3e and many others) copied the setting.
+    """
+    return not any(token != token.lower() for token in vocab
+                   if not (token[:1] in "[<" and token[-1:] in "]>" and len(token) > 2))
+
+
 def _drop_surrogates(text: str) -> str:
     return _SURROGATES.sub("", text)
 
@@ -68,6 +80,7 @@ class BertTokenizer:
         self.vocab = vocab
         self.vocab_path = vocab_path
         self.do_lower_case = do_lower_case
+        self.case_note: str | None = None  # set when a model dir's do_lower_case false was overridden
         self.ids_to_tokens = {i: t for t, i in vocab.items()}
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (vocab[t] for t in SPECIAL_TOKENS)
         self.special_ids = frozenset((self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id))
@@ -94,7 +107,8 @@ class BertTokenizer:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> "BertTokenizer":
-        """vocab.txt of a model dir; honours do_lower_case from tokenizer_config.json when present."""
+        """vocab.txt of a model dir; honours do_lower_case from tokenizer_config.json when present, except that
+        a vocab without capital letters is always lower-cased (see `is_caseless`; `case_note` says so)."""
         model_dir = Path(model_dir)
         vocab = model_dir / "vocab.txt"
         if not vocab.is_file():
@@ -106,7 +120,14 @@ class BertTokenizer:
                 do_lower_case = bool(json.loads(tok_config.read_text(encoding="utf-8")).get("do_lower_case", True))
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 pass
-        return cls.from_vocab(vocab, do_lower_case=do_lower_case)
+        words = read_vocab(vocab)
+        if do_lower_case or not is_caseless(words):
+            return cls(words, do_lower_case=do_lower_case, vocab_path=vocab)
+        tokenizer = cls(words, do_lower_case=True, vocab_path=vocab)
+        tokenizer.case_note = (f"{tok_config} says do_lower_case false, but {vocab.name} has no capital letters, so "
+                               "every capital would read as [UNK] (NBA, iPhone); sbert lower-cases the text, as "
+                               "the vocab was built for, and saves do_lower_case true with the models it writes")
+        return tokenizer
 
     def __len__(self) -> int:
         return len(self.vocab)

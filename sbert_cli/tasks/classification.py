@@ -247,6 +247,8 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
         callbacks.message(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
         if new_head and options.config_name is None:
             callbacks.message(f"note: new classification head, initialised fresh: {', '.join(new_head)}")
+        if tokenizer.case_note:
+            callbacks.message(f"note: {tokenizer.case_note}")
         callbacks.message(lr_choice.describe())
     run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,
                 "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,

@@ -292,6 +292,8 @@ def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks
         callbacks.message(f"data: {len(train_indices)} sequences{held} ({kind}), up to {shards.max_seq_len} tokens")
         if new_head and options.config_name is None:
             callbacks.message(f"note: the checkpoint has no MLM head; initialised fresh: {', '.join(new_head)}")
+        if tokenizer.case_note:
+            callbacks.message(f"note: {tokenizer.case_note}")
         callbacks.message(lr_choice.describe())
     run_info = {"model": options.model, "config": options.config_name, "data": str(options.data),
                 "eval_data": str(options.eval_data) if options.eval_data else None, "eval_fraction": options.eval_fraction,
