@@ -175,3 +175,19 @@ def test_export_of_a_mean_pooled_classifier_loads_but_transformers_uses_its_pool
         assert not torch.allclose(theirs, ours(input_ids), atol=1e-4)
         ours.config.classifier_pooling = "pooler"
         torch.testing.assert_close(theirs, ours(input_ids), atol=1e-5, rtol=1e-5)
+
+
+def test_a_do_lower_case_false_config_over_a_caseless_vocab_is_noted_and_exported_lower_cased(tmp_path):
+    """bert-base-chinese-style: the config says do_lower_case false, the vocab has no capitals. The export says
+    do_lower_case true, so transformers then tokenizes "NBA" as sbert does instead of as [UNK]."""
+    import transformers
+
+    source = make_hf_checkpoint(tmp_path / "cased-config", "base")
+    (source / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
+    summary = convert_weights(source, tmp_path / "hf", to="hf")
+    assert any("has no capital letters" in note for note in summary.notes)
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    exported = transformers.BertTokenizer.from_pretrained(str(tmp_path / "hf"))
+    as_configured = transformers.BertTokenizer.from_pretrained(str(source))
+    assert as_configured.tokenize("AB") == ["[UNK]"]
+    assert exported.tokenize("AB") == as_configured.tokenize("ab") and "[UNK]" not in exported.tokenize("AB")
