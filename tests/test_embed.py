@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, ModelLoadError
-from sbert_cli.resources import CHINESE_VOCAB
 from sbert_cli.model.model_dir import load_tokenizer
+from sbert_cli.resources import CHINESE_VOCAB
 from sbert_cli.tasks.embedding import (
     NpyWriter,
     embed_stream,

@@ -121,12 +121,12 @@ class BertTokenizer:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 pass
         words = read_vocab(vocab)
-        if do_lower_case or not is_caseless(words):
-            return cls(words, do_lower_case=do_lower_case, vocab_path=vocab)
-        tokenizer = cls(words, do_lower_case=True, vocab_path=vocab)
-        tokenizer.case_note = (f"{tok_config} says do_lower_case false, but {vocab.name} has no capital letters, so "
-                               "every capital would read as [UNK] (NBA, iPhone); sbert lower-cases the text, as "
-                               "the vocab was built for, and saves do_lower_case true with the models it writes")
+        overridden = not do_lower_case and is_caseless(words)
+        tokenizer = cls(words, do_lower_case=do_lower_case or overridden, vocab_path=vocab)
+        if overridden:
+            tokenizer.case_note = (f"{tok_config} says do_lower_case false, but {vocab.name} has no capital letters, so "
+                                   "every capital would read as [UNK] (NBA, iPhone); sbert lower-cases the text, as "
+                                   "the vocab was built for, and saves do_lower_case true with the models it writes")
         return tokenizer
 
     def __len__(self) -> int:
