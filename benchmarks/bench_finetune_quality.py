@@ -6,7 +6,8 @@ at the same recipe, beside a character TF-IDF + LinearSVC baseline, on the bundl
   The recipe it chose is read back from the run's run.json (without an sbert run, from the library's defaults).
 - transformers: `AutoModelForSequenceClassification.from_pretrained(M)` + `Trainer` with the recipe sbert
   chose: the same peak lr, warmup steps, linear decay, batch size, epochs, weight decay (not on biases and
-  LayerNorm), gradient clipping, max length and seed; AdamW (torch), dynamic padding (DataCollatorWithPadding);
+  LayerNorm), gradient clipping, label smoothing (`label_smoothing_factor`), max length and seed; AdamW (torch),
+  dynamic padding (DataCollatorWithPadding);
   and the same tokens: `AutoTokenizer.from_pretrained(M, do_lower_case=...)` as sbert's tokenizer decided.
   m3e-small's tokenizer_config.json says do_lower_case false over a vocab with no capital letters, which sbert
   lower-cases; `transformers-checkpoint-case` takes the checkpoint's setting as it stands (capitals -> [UNK]).
@@ -84,7 +85,8 @@ def run_sbert(args, seed: int, train: Path, dev: Path, labels: Path, work: Path)
             "recipe": {"lr": run["train"]["lr"], "warmup_steps": run["warmup_steps"], "total_steps": run["total_steps"],
                        "batch_size": run["global_batch_size"], "max_seq_len": run["max_seq_len"],
                        "weight_decay": run["train"]["weight_decay"], "schedule": run["train"]["schedule"],
-                       "max_grad_norm": run["train"]["max_grad_norm"], "lr_reason": run.get("lr_choice")},
+                       "max_grad_norm": run["train"]["max_grad_norm"], "lr_reason": run.get("lr_choice"),
+                       "label_smoothing": run["label_smoothing"]},
             "do_lower_case": json.loads((out / "last" / "tokenizer_config.json").read_text())["do_lower_case"]}
 
 
@@ -132,6 +134,7 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", seed=seed,
         eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", report_to="none", use_cpu=True,
         bf16=args.precision == "bf16", disable_tqdm=True, dataloader_num_workers=0,
+        label_smoothing_factor=recipe["label_smoothing"],
     )
     trainer = transformers.Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=dev_set,
                                    data_collator=transformers.DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)
@@ -141,7 +144,8 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
     evals = [r["eval_accuracy"] for r in trainer.state.log_history if "eval_accuracy" in r]
     torch.set_num_threads(args.threads)
     return {"per_epoch": [round(a, 4) for a in evals], "seconds": round(seconds, 1),
-            "total_steps": trainer.state.max_steps, "do_lower_case": tokenizer.do_lower_case}
+            "total_steps": trainer.state.max_steps, "do_lower_case": tokenizer.do_lower_case,
+            "label_smoothing": recipe["label_smoothing"]}
 
 
 def run_tfidf(train: Path, dev: Path, labels: Path, seed: int) -> dict:
@@ -160,7 +164,7 @@ def default_recipe(args, examples: int) -> dict:
 
     from sbert_cli.model.config import BertConfig
     from sbert_cli.tasks.classification import ClassifierOptions
-    from sbert_cli.tasks.lr_rule import WARMUP_RATIO, choose_lr
+    from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, WARMUP_RATIO, choose_lr
     from sbert_cli.train.loop import TrainConfig
 
     config = TrainConfig(out_dir=Path("unused"))
@@ -168,7 +172,15 @@ def default_recipe(args, examples: int) -> dict:
     total = args.epochs * math.ceil(examples / config.batch_size)
     return {"lr": choose_lr("cls", hidden, False, ["classifier.weight"]), "warmup_steps": round(WARMUP_RATIO * total),
             "total_steps": total, "batch_size": config.batch_size, "max_seq_len": ClassifierOptions().max_seq_len,
-            "weight_decay": config.weight_decay, "schedule": config.schedule, "max_grad_norm": config.max_grad_norm}
+            "weight_decay": config.weight_decay, "schedule": config.schedule, "max_grad_norm": config.max_grad_norm,
+            "label_smoothing": LABEL_SMOOTHING}
+
+
+def label_smoothing(result: dict) -> float | None:
+    """The run's label smoothing; records written before sbert had it trained on plain cross-entropy (0)."""
+    if result["library"] == "tfidf":
+        return None
+    return result.get("label_smoothing", result.get("recipe", {}).get("label_smoothing", 0.0))
 
 
 def table(results: list[dict]) -> str:
@@ -176,14 +188,15 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         lr = r.get("lr") or r.get("recipe", {}).get("lr")
-        groups.setdefault((r["library"], r["epochs"], r["train_examples"], r.get("variant", ""), lr), []).append(r)
-    lines = ["| library | variant | lr | epochs | train titles | seeds | dev accuracy (last epoch) | per epoch (mean) | minutes/run |",
-             "|---|---|---:|---:|---:|---|---:|---|---:|"]
-    for (library, epochs, examples, variant, lr), rows in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        key = (r["library"], r["epochs"], r["train_examples"], r.get("variant", ""), lr, label_smoothing(r))
+        groups.setdefault(key, []).append(r)
+    lines = ["| library | variant | lr | label smoothing | epochs | train titles | seeds | dev accuracy (last epoch) | per epoch (mean) | minutes/run |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|---:|"]
+    for (library, epochs, examples, variant, lr, smoothing), rows in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         last = [r["per_epoch"][-1] for r in rows]
         spread = (max(last) - min(last)) / 2
         epochs_mean = [statistics.mean(col) for col in zip(*(r["per_epoch"] for r in rows))]
-        lines.append(f"| {library} | {variant or '-'} | {lr or '-'} | {epochs} | {examples} | {', '.join(str(r['seed']) for r in rows)} | "
+        lines.append(f"| {library} | {variant or '-'} | {lr or '-'} | {'-' if smoothing is None else smoothing} | {epochs} | {examples} | {', '.join(str(r['seed']) for r in rows)} | "
                      f"{statistics.mean(last):.4f} ± {spread:.4f} | {' / '.join(f'{a:.3f}' for a in epochs_mean)} | "
                      f"{statistics.mean(r['seconds'] for r in rows) / 60:.1f} |")
     return "\n".join(lines)

@@ -118,6 +118,7 @@ def files(tmp_path, thucnews_train):
         (["--train", "{tmp}/train.txt", "--grad-accum", "0"], "--grad-accum must be at least 1"),
         (["--train", "{tmp}/train.txt", "--model", "{tmp}/train.txt"], "is a file"),
         (["--train", "{tmp}/train.txt", "--patience", "2"], "--patience stops on evaluation results"),
+        (["--train", "{tmp}/train.txt", "--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(files, args, expected):
@@ -205,3 +206,43 @@ def test_caseless_vocab_under_do_lower_case_false_trains_lower_cased(tmp_path, f
     assert json.loads((saved / "tokenizer_config.json").read_text())["do_lower_case"] is True
     tokenizer = load_tokenizer(saved)
     assert tokenizer.case_note is None and tokenizer.tokenize("QDII") == tokenizer.tokenize("qdii")
+
+
+def test_label_smoothing_shapes_the_training_loss_only(files, vocab_path):
+    """The training loss is cross-entropy against smoothed targets (x spread over all labels, the rest on the gold
+    one); the dev loss stays plain cross-entropy, so dev losses compare across settings. Default 0.1, in run.json."""
+    import torch
+    from torch import nn
+
+    from sbert_cli.data.classification import read_classification_file, read_label_names
+    from sbert_cli.model.tokenizer import BertTokenizer
+    from sbert_cli.tasks.classification import ClassificationTask, collate, encode_split
+
+    names = ["finance", "sports", "game"]
+    (files / "three.txt").write_text("股市大涨\tfinance\n球队夺冠\tsports\n新游戏上线\tgame\n", encoding="utf-8")
+    (files / "three-classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    data = read_classification_file(files / "three.txt", read_label_names(files / "three-classes.txt"), allow_new_labels=False)
+    split = encode_split(data, BertTokenizer.from_vocab(vocab_path), 16)
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]])
+
+    class Fixed(nn.Module):
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            return logits
+
+    batch = collate(split, [0, 1, 2], 0)
+    gold = torch.tensor([0, 1, 2])
+    assert batch.tensors["labels"].tolist() == gold.tolist()
+    targets = torch.full((3, 3), 0.3 / 3) + 0.7 * torch.eye(3)[gold]  # smoothing 0.3: gold 0.8, others 0.1
+    smoothed = -(targets * logits.log_softmax(-1)).sum()
+    plain = nn.functional.cross_entropy(logits, gold, reduction="sum")
+    task = ClassificationTask(split, split, None, "accuracy", 16, label_smoothing=0.3)
+    torch.testing.assert_close(task.loss_sum(Fixed(), batch), smoothed)
+    torch.testing.assert_close(task.eval_sums(Fixed(), batch)[0].float(), plain)
+    assert not torch.isclose(smoothed, plain)
+
+    for given, expected in (([], 0.1), (["--label-smoothing", "0"], 0.0)):
+        out = files / f"smoothing-{expected}"
+        result = run("train-cls", "--train", files / "train.txt", "--config", "tiny", "--out", out, "--max-steps", 1,
+                     "--no-plot", *given)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "run.json").read_text())["label_smoothing"] == expected

@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, set_threads, with_options
 from sbert_cli.cli.progress import training_progress
-from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
+from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, LABEL_SMOOTHING, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
 
 ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
 Vocab = Annotated[Optional[Path], typer.Option("--vocab", help="With --config: vocab.txt (default: the bundled Chinese BERT vocab).")]
@@ -84,6 +84,7 @@ def train_cls(
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longer texts are truncated to this many tokens.")] = 128,
     metric: Annotated[str, typer.Option("--metric", help="Dev metric that picks OUT/best: accuracy or macro_f1.")] = "accuracy",
     pooling: Annotated[Optional[str], typer.Option("--pooling", help="What the classifier reads: pooler (tanh(dense([CLS])), as transformers), cls (the [CLS] vector) or mean (over tokens; suits sentence-embedding models such as m3e). Default: the model's own, else pooler. Saved in config.json.")] = None,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing: the training target spreads x evenly over all labels and puts the rest on the gold one (0: plain cross-entropy). Dev loss is always plain.", rich_help_panel=TRAINING)] = LABEL_SMOOTHING,
     out: Out = Path("runs/cls"),
     lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
     **shared,
@@ -101,6 +102,7 @@ def train_cls(
     options = ClassifierOptions(
         data_dir=data_dir, train_file=train_file, dev_file=dev_file, test_file=test_file, labels_file=labels_file,
         model=model, config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, metric=metric, pooling=pooling,
+        label_smoothing=label_smoothing,
     )
     main = is_main_process()
     result = train_classifier(options, config, training_progress(console) if main else None)

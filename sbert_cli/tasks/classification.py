@@ -20,7 +20,7 @@ from sbert_cli.data.classification import (
 )
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
-from sbert_cli.tasks.lr_rule import with_chosen_lr
+from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import Batch, Callbacks, Task, TrainConfig, TrainResult, train
 from sbert_cli.train.state import check_run_dir, kept_model_dir
@@ -64,6 +64,7 @@ class ClassifierOptions:
     max_seq_len: int = 128
     metric: str = "accuracy"
     pooling: str | None = None  # pooler|cls|mean; None: the model's own (config.json classifier_pooling, else pooler)
+    label_smoothing: float = LABEL_SMOOTHING  # of the training loss; dev loss is plain cross-entropy
 
 
 @dataclass
@@ -163,8 +164,10 @@ class ClassificationTask(Task):
     model_task = "cls"
     eval_data_fields = "dev data (`dev_file`)"
 
-    def __init__(self, train: EncodedSplit, dev: EncodedSplit | None, tokenizer, metric: str, max_seq_len: int):
+    def __init__(self, train: EncodedSplit, dev: EncodedSplit | None, tokenizer, metric: str, max_seq_len: int,
+                 label_smoothing: float = 0.0):
         self.train, self.dev, self.tokenizer = train, dev, tokenizer
+        self.label_smoothing = label_smoothing
         self.best_metric = metric if dev is not None else "loss"
         self.label_names = train.data.label_names
         self.num_labels = len(self.label_names)
@@ -177,7 +180,8 @@ class ClassificationTask(Task):
         return collate(self.train, indices, self.tokenizer.pad_id)
 
     def loss_sum(self, model, batch):
-        return F.cross_entropy(_logits(model, batch).float(), batch.tensors["labels"], reduction="sum")
+        return F.cross_entropy(_logits(model, batch).float(), batch.tensors["labels"], reduction="sum",
+                               label_smoothing=self.label_smoothing)
 
     def eval_lengths(self):
         return self.dev.lengths if self.dev is not None else None
@@ -217,6 +221,8 @@ def validate_options(options: ClassifierOptions) -> None:
         raise ConfigError("`vocab` goes with `config_name` (a fresh model); a `model` brings its own vocab.txt")
     if options.pooling is not None and options.pooling not in CLASSIFIER_POOLINGS:
         raise ConfigError(f"`pooling` {options.pooling!r}: use one of {', '.join(CLASSIFIER_POOLINGS)}")
+    if not 0.0 <= options.label_smoothing < 1.0:
+        raise ConfigError(f"`label_smoothing` must be at least 0 and below 1, got {options.label_smoothing}")
 
 
 def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks: Callbacks | None = None, on_micro_batch=None) -> ClassifierResult:
@@ -240,7 +246,8 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     if options.max_seq_len > max_positions:
         raise ConfigError(f"`max_seq_len` {options.max_seq_len} exceeds the model's {max_positions} positions")
     encoded = {name: encode_split(data, tokenizer, options.max_seq_len) for name, data in splits.items()}
-    task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len)
+    task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len,
+                              options.label_smoothing)
     env = DistributedEnv.from_env()
     if callbacks is not None and env.is_main:
         sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
@@ -253,7 +260,7 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,
                 "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,
                 "max_seq_len": options.max_seq_len, "metric": options.metric, "pooling": model.config.classifier_pooling,
-                "lr_choice": lr_choice.to_json()}
+                "label_smoothing": options.label_smoothing, "lr_choice": lr_choice.to_json()}
     result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch, reads=reads)
     out = ClassifierResult(result, label_names, None, new_head=new_head)
     if not env.is_main or result.interrupted:

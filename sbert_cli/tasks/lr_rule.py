@@ -31,6 +31,12 @@ from dataclasses import dataclass
 
 WARMUP_RATIO = 0.1
 
+# train-cls's training targets: 0.1 spread evenly over the labels, the rest on the gold one (0.91 and 0.01 each
+# with 10 labels). Not a learning rate, but the same kind of measured default, kept here torch-free for --help.
+# m3e-small on THUCNews titles, 3 epochs, seeds 42/43/44: mean dev accuracy 0.8913 against 0.8890 without, higher on
+# every seed; a tiny BERT from scratch: 0.721 against 0.727 (seed spread +-0.05). README "Fine-tuning quality".
+LABEL_SMOOTHING = 0.1
+
 SCRATCH, FINE_TUNE, NEW_HEAD, CONTINUE = "from scratch", "fine-tuning", "new MLM head", "continued pretraining"
 
 # (largest hidden size, lr): the first row whose width is >= the model's.
