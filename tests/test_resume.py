@@ -115,6 +115,16 @@ def test_resume_with_other_batch_size_or_data_is_refused(tmp_path, data):
                          config(out, max_steps=3, epochs=None, resume=True))
 
 
+def test_resume_with_other_label_smoothing_says_the_run_will_differ(tmp_path, data):
+    out = tmp_path / "run"
+    train_classifier(options(data), config(out, max_steps=3, epochs=None))
+    changed = ClassifierOptions(data_dir=data, config_name="tiny", max_seq_len=32, label_smoothing=0.0)
+    result = train_classifier(changed, config(out, max_steps=4, epochs=None, resume=True))
+    assert result.train.step == 4
+    assert any("label_smoothing changed from 0.1 to 0.0: the run will differ" in m for m in result.train.messages), \
+        result.train.messages
+
+
 def test_pretraining_with_dynamic_masking_resumes_bit_identical(tmp_path, thucnews_train, vocab_path):
     corpus = tmp_path / "titles.txt"
     lines = thucnews_train.read_text(encoding="utf-8").splitlines()[:100]

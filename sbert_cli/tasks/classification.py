@@ -208,6 +208,9 @@ class ClassificationTask(Task):
         return {"train_examples": len(self.train.lengths), "train_sha256": digest.hexdigest(),
                 "labels": list(self.label_names), "max_seq_len": self.max_seq_len}
 
+    def soft_settings(self):
+        return {"label_smoothing": self.label_smoothing}
+
     def save_meta(self):
         return {"max_seq_len": self.max_seq_len}  # sbert eval/predict truncate as training did
 

@@ -165,6 +165,10 @@ class Task(ABC):
         """What identifies the training data: a resumed run must have the same."""
         return {}
 
+    def soft_settings(self) -> dict:
+        """Task settings a resumed run may change, with a note saying so (as it may change the lr)."""
+        return {}
+
     def save_meta(self) -> dict:
         """Extra sbert.json fields for saved model dirs."""
         return {}
@@ -329,7 +333,7 @@ class Trainer:
                        "world_size": env.world_size, "seed": config.seed},
             "soft": {"lr": config.lr, "weight_decay": config.weight_decay, "schedule": config.schedule,
                      "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                     "max_grad_norm": config.max_grad_norm, "precision": precision},
+                     "max_grad_norm": config.max_grad_norm, "precision": precision, **task.soft_settings()},
         }
 
         self.model = model.to(device)
