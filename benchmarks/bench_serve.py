@@ -43,7 +43,7 @@ def build_model_dir(out: Path, shape: str, seed: int = 0) -> Path:
 
     from sbert_cli.model.bert import build_model
     from sbert_cli.model.config import preset
-    from sbert_cli.model.model_dir import save_model
+    from sbert_cli.model.model_dir import save_model_dir
     from sbert_cli.model.tokenizer import BertTokenizer
     from sbert_cli.resources import CHINESE_VOCAB, THUCNEWS_CLASSES
 
@@ -51,7 +51,7 @@ def build_model_dir(out: Path, shape: str, seed: int = 0) -> Path:
     tokenizer = BertTokenizer.from_vocab(CHINESE_VOCAB)
     labels = THUCNEWS_CLASSES.read_text(encoding="utf-8").split()
     model = build_model(preset(shape, vocab_size=len(tokenizer)).with_labels(labels), "cls").eval()
-    return save_model(model, out, tokenizer, "cls", source=f"random {shape} for bench_serve")
+    return save_model_dir(model, out, tokenizer, "cls", source=f"random {shape} for bench_serve")
 
 
 def titles(count: int) -> list[str]:

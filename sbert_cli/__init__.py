@@ -1,6 +1,6 @@
 """sbert: a from-scratch PyTorch BERT for Chinese NLP that loads Hugging Face checkpoints."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written: pyproject.toml reads it
 
 __all__ = ["__version__", "embed", "load_model", "load_tokenizer"]
 
@@ -8,9 +8,9 @@ __all__ = ["__version__", "embed", "load_model", "load_tokenizer"]
 def __getattr__(name):
     # The Python API, imported lazily so `import sbert_cli` (and the CLI's --help) does not pull in torch.
     if name in ("load_model", "load_tokenizer"):
-        from sbert_cli.model import model_dir as checkpoint
+        from sbert_cli.model import model_dir
 
-        return getattr(checkpoint, name)
+        return getattr(model_dir, name)
     if name == "embed":
         from sbert_cli.tasks.embedding import embed
 

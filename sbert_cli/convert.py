@@ -17,8 +17,8 @@ from sbert_cli.model.model_dir import (
     load_tokenizer,
     read_checkpoint,
     resolve_model_dir,
-    save_model_dir,
-    write_model_files,
+    model_meta,
+    write_model_dir,
 )
 from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.tasks.mlm import ProbeResult, probe_mlm_head
@@ -91,7 +91,8 @@ def convert_weights(
     with OutputDir(destination):
         if to == "sbert":
             task = next((t for t in ("mlm", "cls") if t in checkpoint.heads), "base")
-            save_model_dir(destination, checkpoint.config, checkpoint.state, tokenizer, task, source=str(source))
+            meta = model_meta(task, checkpoint.state, source=str(source))
+            write_model_dir(destination, checkpoint.config.to_dict(), checkpoint.state, tokenizer, meta=meta)
             architecture = None
         else:
             architecture = hf_architecture(checkpoint.heads)
@@ -131,7 +132,7 @@ def write_hf_dir(checkpoint: Checkpoint, tokenizer: BertTokenizer, destination: 
     config = checkpoint.config.to_dict()
     config["architectures"] = [architecture]
     config["model_type"] = "bert"
-    return write_model_files(
+    return write_model_dir(
         destination, config, export_hf_state_dict(checkpoint.state), tokenizer,
         tokenizer_config={"model_max_length": checkpoint.config.max_position_embeddings},
     )

@@ -42,3 +42,20 @@ def test_help_lists_every_command_and_does_not_import_torch():
 def test_python_dash_m_works_like_sbert():
     result = subprocess.run([sys.executable, "-m", "sbert_cli", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("sbert ")
+
+
+def test_version_has_one_source_and_matches_the_last_released_changelog_entry():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from sbert_cli import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "sbert_cli.__version__"}
+    released = re.findall(r"^## (\d+\.\d+\.\d+)(?! \(unreleased\))", (root / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    assert __version__ == released[0]
+    result = subprocess.run([sys.executable, "-m", "sbert_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.stdout == f"sbert {__version__}\n"

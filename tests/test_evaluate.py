@@ -132,13 +132,14 @@ def test_infer_task(hf_cls_dir, hf_mlm_dir, tmp_path):
 def test_infer_task_both_heads_asks_for_task(hf_mlm_dir, tmp_path):
     import torch
 
-    from sbert_cli.model.model_dir import read_checkpoint, save_model_dir
+    from sbert_cli.model.model_dir import model_meta, read_checkpoint, write_model_dir
     from sbert_cli.model.tokenizer import BertTokenizer
 
     ck = read_checkpoint(hf_mlm_dir)
     config = ck.config.with_labels(["a", "b"])
     state = {**ck.state, "classifier.weight": torch.zeros(2, config.hidden_size), "classifier.bias": torch.zeros(2)}
-    both = save_model_dir(tmp_path / "both", config, state, BertTokenizer.from_model_dir(hf_mlm_dir), task="pretrain")
+    both = write_model_dir(tmp_path / "both", config.to_dict(), state, BertTokenizer.from_model_dir(hf_mlm_dir),
+                           meta=model_meta("pretrain", state, source=None))
     with pytest.raises(ConfigError, match="`task` cls or `task` mlm"):
         infer_task(both)
 

@@ -25,7 +25,7 @@ class Embeddings(nn.Module):
         super().__init__()
         H = config.hidden_size
         # init_weights initialises the tables; passing _weight skips nn.Embedding's own N(0, 1) fill, which is
-        # wasted work, and on the meta device (checkpoint.expected_shapes) costs seconds: normal_ imports torch._dynamo.
+        # wasted work, and on the meta device (model_dir.expected_shapes) costs seconds: normal_ imports torch._dynamo.
         self.word_embeddings = nn.Embedding(
             config.vocab_size, H, padding_idx=config.pad_token_id, _weight=torch.empty(config.vocab_size, H)
         )

@@ -5,6 +5,11 @@ An sbert model dir holds:
     model.safetensors  our parameter names: bert.*, and mlm_head.* / classifier.* when trained
     vocab.txt          the tokenizer's vocab (+ tokenizer_config.json with do_lower_case)
     sbert.json         format version, sbert version, task, heads present, where it came from
+
+Reading: resolve_model_dir, read_checkpoint, read_meta, expected_shapes, load_for_task, build_or_load,
+load_model, load_tokenizer. Writing, two writers: save_model_dir (a live model, into a new folder the caller
+places: training's checkpoints and best/last) and write_model_dir (tensors and a config, placed atomically at
+out_dir: convert's sbert dirs and HF exports); model_meta is sbert.json's content.
 """
 
 from __future__ import annotations
@@ -295,28 +300,21 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model_dir(
+def write_model_dir(
     out_dir: str | Path,
-    config: BertConfig,
-    state: dict[str, torch.Tensor],
+    config_json: dict,
+    tensors: dict[str, torch.Tensor],
     tokenizer: BertTokenizer,
-    task: str,
-    source: str | None = None,
-    extra_meta: dict | None = None,
+    *,
+    meta: dict | None = None,
+    tokenizer_config: dict | None = None,
 ) -> Path:
-    """Write an sbert model dir (see write_model_files), with sbert.json."""
-    meta = model_meta(task, state, source, extra_meta)
-    return write_model_files(out_dir, config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})
-
-
-def write_model_files(out_dir: str | Path, config_json: dict, tensors: dict[str, torch.Tensor], tokenizer: BertTokenizer,
-                      **json_files: dict | None) -> Path:
-    """config.json, model.safetensors, vocab.txt, tokenizer_config.json (and extra JSON files: write_model_folder's
-    tokenizer_config / extra_json) into out_dir.
+    """Write tensors and a config as a model dir at out_dir, placed atomically: config.json, model.safetensors,
+    vocab.txt, tokenizer_config.json, and sbert.json when `meta` is given (see model_meta; an HF export has none).
 
     Written into a temporary sibling first, then moved into place: a new out_dir appears whole; into an
     existing one the files move one rename each, replacing only files sbert wrote there before (see
-    outputs.py), so a user's other files stay. The one writer behind model dirs and HF exports.
+    outputs.py), so a user's other files stay. The one writer behind converted model dirs and HF exports.
     """
     from sbert_cli.outputs import OutputDir
 
@@ -325,7 +323,7 @@ def write_model_files(out_dir: str | Path, config_json: dict, tensors: dict[str,
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_model_folder(tmp, config_json, tensors, tokenizer, **json_files)
+        _write_files(tmp, config_json, tensors, tokenizer, meta, tokenizer_config)
         if out_dir.exists():
             OutputDir(out_dir).install(tmp)
         else:
@@ -336,15 +334,17 @@ def write_model_files(out_dir: str | Path, config_json: dict, tensors: dict[str,
     return out_dir
 
 
-def write_model_folder(
-    folder: Path,
-    config_json: dict,
-    tensors: dict[str, torch.Tensor],
-    tokenizer: BertTokenizer,
-    tokenizer_config: dict | None = None,
-    extra_json: dict[str, dict] | None = None,
-) -> Path:
-    """Write the files of a model dir into `folder`, a new folder (no temp dir, no replacing: callers place it)."""
+def save_model_dir(model: nn.Module, folder: Path, tokenizer: BertTokenizer, task: str, source: str | None = None,
+                   extra_meta: dict | None = None) -> Path:
+    """Save a live model as an sbert model dir (with sbert.json) into `folder`, a new folder: no temp dir, no
+    replacing, the caller places it (training's checkpoints and best/last)."""
+    state = full_state_dict(model)
+    return _write_files(folder, model.config.to_dict(), state, tokenizer, model_meta(task, state, source, extra_meta))
+
+
+def _write_files(folder: Path, config_json: dict, tensors: dict[str, torch.Tensor], tokenizer: BertTokenizer,
+                 meta: dict | None = None, tokenizer_config: dict | None = None) -> Path:
+    """The files of a model dir, into the new folder `folder`."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
@@ -355,7 +355,7 @@ def write_model_folder(
             "do_lower_case": tokenizer.do_lower_case,
             **(tokenizer_config or {}),
         },
-        **(extra_json or {}),
+        **({SBERT_META: meta} if meta is not None else {}),
     }
     for name, content in json_files.items():
         (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -383,16 +383,3 @@ def model_meta(task: str, state: dict, source: str | None, extra_meta: dict | No
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_meta or {}),
     }
-
-
-def save_model(model: nn.Module, out_dir: str | Path, tokenizer: BertTokenizer, task: str, **kwargs) -> Path:
-    """save_model_dir for a live model."""
-    return save_model_dir(out_dir, model.config, full_state_dict(model), tokenizer, task, **kwargs)
-
-
-def write_model_folder_of(model: nn.Module, folder: Path, tokenizer: BertTokenizer, task: str, source: str | None = None,
-                          extra_meta: dict | None = None) -> Path:
-    """write_model_folder for a live model, with sbert.json (training's checkpoints and best/last)."""
-    state = full_state_dict(model)
-    meta = model_meta(task, state, source, extra_meta)
-    return write_model_folder(folder, model.config.to_dict(), state, tokenizer, extra_json={SBERT_META: meta})

@@ -417,13 +417,13 @@ class Trainer:
 
     def save_model(self, name: str, **meta) -> None:
         """OUT/NAME (best, last) as an sbert model dir, replacing the earlier one whole."""
-        from sbert_cli.model.model_dir import write_model_folder_of
+        from sbert_cli.model.model_dir import save_model_dir
 
         if self.env.is_main:
             tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            write_model_folder_of(self.model, tmp, self.task.tokenizer, self.task.model_task, source="sbert train",
-                                  extra_meta={"step": self.step, **meta, **self.task.save_meta()})
+            save_model_dir(self.model, tmp, self.task.tokenizer, self.task.model_task, source="sbert train",
+                           extra_meta={"step": self.step, **meta, **self.task.save_meta()})
             self.outputs.replace(tmp, name)
 
     def write_run_record(self, run_info: dict) -> None:

@@ -112,15 +112,15 @@ def _fsync_dir(path: Path) -> None:
 
 def write_checkpoint(outputs: OutputDir, model: nn.Module, task: Task, trainer_state: dict, keep_last: int) -> Path:
     """Write OUT/checkpoints/step-N atomically (a temp dir renamed into place), then prune to keep_last."""
-    from sbert_cli.model.model_dir import write_model_folder_of
+    from sbert_cli.model.model_dir import save_model_dir
 
     root = outputs.path / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{trainer_state['step']:07d}"
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_model_folder_of(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint",
-                          extra_meta={"step": trainer_state["step"], **task.save_meta()})
+    save_model_dir(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint",
+                   extra_meta={"step": trainer_state["step"], **task.save_meta()})
     with open(tmp / STATE_FILE, "wb") as f:
         torch.save(trainer_state, f)
         f.flush()
