@@ -102,7 +102,8 @@ def sbert_run(task_name, model_dir, task, batches, device, precision, scratch: P
     from sbert_cli.train.loop import TrainConfig, Trainer
 
     model = load_for_task(model_dir, task_name).model
-    config = TrainConfig(out_dir=scratch / "unused", batch_size=len(batches[0]), max_steps=len(batches), lr=2e-5)
+    config = TrainConfig(out_dir=scratch / "unused", batch_size=len(batches[0]), max_steps=len(batches), lr=2e-5,
+                         warmup_ratio=0.1, precision=precision)
     trainer = Trainer(model, task, config, device=device, precision=precision)
     trainer.seed()
     seconds = time_steps(trainer.train_step, batches, device)
