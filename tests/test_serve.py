@@ -1,4 +1,4 @@
-"""sbert_cli/serve.py and `sbert serve`, over real HTTP on 127.0.0.1: endpoints, errors, batching, shutdown."""
+"""sbert_cli/serve/ and `sbert serve`, over real HTTP on 127.0.0.1: endpoints, errors, batching, shutdown."""
 
 from __future__ import annotations
 
