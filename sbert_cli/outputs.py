@@ -10,18 +10,29 @@ destination, an eval report, the demo) is an `OutputDir`:
   The OS drops the lock when the process dies; no lock file is left behind.
 - A folder that is the current directory, the home directory or a filesystem root, or that contains a
   folder the command reads from, is refused outright.
+
+And the one way a file or folder is written (`new_file`, `write_text`, `write_bytes`, `place`, `place_folder`):
+into a temp entry `.NAME.tmp-PID` beside it, fsynced, then linked into place without replacing anything
+(os.link fails on an existing name, so a file that appeared meanwhile is kept and reported), or replaced only
+when forced; never through a symbolic link and never onto anything but a regular file (a device, a FIFO).
+Files and folders get the user's umask. A write that fails (read-only folder, full disk, `ulimit -f`) removes
+its temp entry and is an OutputError naming the path; temp entries of killed runs are removed by the next run
+(`remove_stale_temps`: any sbert temp name whose process is gone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
-from sbert_cli.errors import ConfigError
+from sbert_cli.errors import ConfigError, OutputError, os_error_message
 
 MANIFEST = ".sbert-outputs.json"
 OWN_FILES = (MANIFEST,)
@@ -103,7 +114,7 @@ class OutputDir:
             return []
         mine = self.recorded()
         return [f for f in self._files_under(full)
-                if f not in mine and f.rsplit("/", 1)[-1] not in OWN_FILES and not _is_temp(f.rsplit("/", 1)[-1])]
+                if f not in mine and f.rsplit("/", 1)[-1] not in OWN_FILES and not any(map(_is_temp, f.split("/")))]
 
     # -- checks, before anything is written
 
@@ -176,10 +187,13 @@ class OutputDir:
         self.release()
 
     def remove_temp_leftovers(self) -> None:
-        """Half-written `.NAME.tmp-PID` / `.NAME.old-PID` entries of a process that was killed (we hold the lock)."""
-        for child in self.path.iterdir():
-            if _is_temp(child.name):
-                _remove(child)
+        """Half-written `.NAME.tmp-PID` / `.NAME.old-PID` entries of a process that was killed, anywhere in this
+        folder (checkpoints/ too; we hold the lock, so no live writer is inside)."""
+        for root, dirs, names in os.walk(self.path):  # not into linked folders
+            for name in [n for n in dirs + names if _is_temp(n)]:
+                with contextlib.suppress(OSError):
+                    _remove(Path(root) / name)
+            dirs[:] = [d for d in dirs if not _is_temp(d)]
 
     def clear(self) -> list[str]:
         """Delete every file sbert recorded here (and the folders that leaves empty); return what was removed."""
@@ -312,3 +326,201 @@ def _remove(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------------------ writing one file or folder
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+
+
+def temp_path(path: Path, kind: str = "tmp") -> Path:
+    """The temp entry beside `path` that this process writes before placing it: `.NAME.tmp-PID`."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
+    """Remove sbert's temp entries in `folder` (only those of `name`, when given) whose process is gone;
+    return their names. A folder that cannot be listed is left alone."""
+    removed = []
+    try:
+        children = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        match = _TEMP_NAME.match(child.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            _remove(child)
+            removed.append(child.name)
+    return removed
+
+
+def check_target(path: Path, force: bool, what: str = "file") -> None:
+    """Refuse (reading only) to write `path`: a symbolic link, anything but a regular file (a folder for
+    what="folder"), or an existing entry without force."""
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(os_error_message(e, path)) from None
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(f"{path}: is a symbolic link; sbert never writes through one: remove the link or choose another path")
+    regular = stat.S_ISDIR(info.st_mode) if what == "folder" else stat.S_ISREG(info.st_mode)
+    if not regular:
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket" if what == "file" else "a file"
+        raise OutputError(f"{path}: is {kind}, not a {what}; sbert writes only {what}s: choose another path")
+    if not force:
+        raise OutputError(f"{path}: already exists; pass `force` to replace it, or choose another path")
+
+
+def user_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or folder (0777) gets under this process's umask."""
+    mask = 0o022
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF):  # folders on some filesystems cannot be fsynced
+            raise
+    finally:
+        os.close(fd)
+
+
+def place(tmp: Path, path: Path, force: bool = False) -> Path:
+    """Put the written, fsynced file `tmp` at `path`: linked without replacing (a file that appeared at `path`
+    since the check is kept and reported), or, forced, replacing a regular file; `tmp` is gone after."""
+    try:
+        check_target(path, force=True)
+        os.chmod(tmp, user_mode())
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputError(f"{path}: appeared while sbert was writing it, and was kept; pass `force` to replace "
+                                  "it, or choose another path") from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                    raise
+                _rename_without_replacing(tmp, path)  # a filesystem without hard links
+        with contextlib.suppress(OSError):
+            fsync_path(path.parent)
+    except OSError as e:
+        raise OutputError(os_error_message(e, path)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path
+
+
+def _rename_without_replacing(tmp: Path, path: Path) -> None:
+    if os.path.lexists(path):
+        raise OutputError(f"{path}: appeared while sbert was writing it, and was kept; pass `force` to replace it, "
+                          "or choose another path")
+    os.rename(tmp, path)
+
+
+@contextlib.contextmanager
+def new_file_path(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield the temp path to write PATH's content into (by any library: np.save, safetensors); then fsync it
+    and place it (see `place`). A failure removes the temp file; an OSError becomes an OutputError naming PATH."""
+    path = Path(path)
+    check_target(path, force)
+    remove_stale_temps(path.parent, path.name)
+    tmp = temp_path(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            _remove(tmp)
+        yield tmp
+        fsync_path(tmp)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(os_error_message(e, path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    place(tmp, path, force)
+
+
+@contextlib.contextmanager
+def new_file(path: str | Path, force: bool = False, text: bool = True) -> Iterator[IO]:
+    """Yield a file (UTF-8 text with newline "\\n", or binary) that becomes PATH when the block ends (see
+    new_file_path); a block that raises leaves PATH as it was."""
+    with new_file_path(path, force) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        with (open(fd, "w", encoding="utf-8", newline="\n") if text else open(fd, "wb")) as stream:
+            yield stream
+
+
+def write_text(path: str | Path, content: str, force: bool = False) -> Path:
+    """PATH holds `content` (UTF-8), written as `new_file` writes."""
+    with new_file(path, force) as stream:
+        stream.write(content)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, content: bytes, force: bool = False) -> Path:
+    with new_file(path, force, text=False) as stream:
+        stream.write(content)
+    return Path(path)
+
+
+def place_folder(tmp: Path, path: Path, force: bool = False) -> Path:
+    """Put the written folder `tmp` at `path` (a missing or empty folder; forced, a folder whose files the caller
+    may replace is moved aside and removed after): one rename, so `path` is the old or the new whole."""
+    try:
+        check_target(path, force=True, what="folder")
+        for root, dirs, names in os.walk(tmp):
+            os.chmod(root, user_mode(directory=True))
+            for name in names:
+                os.chmod(Path(root) / name, user_mode())
+                fsync_path(Path(root) / name)
+            fsync_path(Path(root))
+        try:
+            os.rename(tmp, path)  # replaces only an empty folder
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not force:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise OutputError(f"{path}: is not empty; pass `force` to replace it, or choose another path") from None
+                raise
+            old = temp_path(path, "old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _remove(old)
+        with contextlib.suppress(OSError):
+            fsync_path(path.parent)
+    except OSError as e:
+        raise OutputError(os_error_message(e, path)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            if os.path.lexists(tmp):
+                _remove(tmp)
+    return path

@@ -133,7 +133,9 @@ class SbertGroup(TyperGroup):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a full stdout (/dev/full) fails here, inside the boundary, not at exit
+            return result
         except SbertError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt as e:
@@ -145,6 +147,24 @@ class SbertGroup(TyperGroup):
             # `sbert predict ... | head`: the reader went away; exit quietly.
             sys.stderr.close()
             raise typer.Exit(1) from None
+        except OSError as e:  # a read-only folder, a full disk, a full stdout: one line naming the path
+            from sbert_cli.errors import os_error_message
+
+            raise fail(os_error_message(e, None if e.filename is not None or _stdout_fine() else "standard output")) from None
+
+
+def _stdout_fine() -> bool:
+    """Whether stdout still takes writes; when not, what it holds is dropped so that exit does not fail again."""
+    import os
+
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")  # /dev/full refuses even an empty write
+        return True
+    except (OSError, ValueError):
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        return False
 
 
 app = typer.Typer(
