@@ -68,3 +68,36 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+# Input bounds, kept by the one input layer (data/text_input.py) for every command that reads text. Raised with
+# an environment variable each, so that one setting covers every command (and the server) alike.
+MAX_LINE_BYTES_VAR = "SBERT_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # 1 MiB: a long article on one line fits; /dev/zero or a bomb of zeros fails fast
+MAX_INPUT_BYTES_VAR = "SBERT_MAX_INPUT_BYTES"
+DEFAULT_MAX_INPUT_BYTES = 64 << 30  # bytes read (decompressed) from one named input: a gzip bomb ends here
+
+
+def byte_limit(variable: str, default: int) -> int:
+    """The bound an environment variable sets (a whole number of bytes, at least 1), else `default`."""
+    value = os.environ.get(variable, "").strip().replace("_", "")
+    if not value:
+        return default
+    try:
+        number = int(float(value)) if value.lower().count("e") == 1 else int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"{variable} must be a whole number of bytes (at least 1), not {value!r}")
+    return number
+
+
+def parse_json(text: str | bytes):
+    """json.loads; nesting deeper than Python recurses is a json.JSONDecodeError too (not a RecursionError), so
+    every reader's "not valid JSON" message covers it."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None

@@ -10,10 +10,10 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from sbert_cli.data.text_input import check_text, open_binary, read_lines
+from sbert_cli.data.text_input import check_text, file_lines
 from sbert_cli.errors import DataError
+from sbert_cli.limits import parse_json
 
 # Column / field names recognised in CSV headers and JSONL objects, in order of preference.
 TEXT_NAMES = ("text", "sentence", "sentence1", "text_a", "content", "review", "title", "query")
@@ -40,7 +40,7 @@ def read_label_names(path: str | Path) -> list[str]:
     path = Path(path)
     names: list[str] = []
     seen: dict[str, int] = {}
-    for line_number, line in _read_lines(path):
+    for line_number, line in file_lines(path):
         name = line.strip()
         if not name:
             continue
@@ -168,16 +168,9 @@ def _as_int(text: str) -> int | None:
         return None
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline), tolerating a BOM and CRLF; bad UTF-8 names its line."""
-    stream, raw = open_binary(path)  # .gz too, as every reader of text
-    with raw, stream:
-        yield from read_lines(stream, str(path))
-
-
 def _tsv_rows(path, text_column, pair_column, label_column, require_labels):
     expected = None
-    for line_number, line in _read_lines(path):
+    for line_number, line in file_lines(path):
         if not line.strip():
             yield line_number, None, None, None  # a blank line: counted, no example
             continue
@@ -237,7 +230,7 @@ def _pick(names_present, wanted, preferred: tuple[str, ...], path: Path, what: s
 
 
 def _csv_rows(path, text_column, pair_column, label_column):
-    lines = (line + "\n" for _, line in _read_lines(path))
+    lines = (line + "\n" for _, line in file_lines(path))
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -279,12 +272,12 @@ def _csv_rows(path, text_column, pair_column, label_column):
 
 
 def _jsonl_rows(path, text_column, pair_column, label_column):
-    for line_number, line in _read_lines(path):
+    for line_number, line in file_lines(path):
         if not line.strip():
             yield line_number, None, None, None  # a blank line: counted, no example
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line_number}: not valid JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(obj, dict):

@@ -3,6 +3,12 @@
 Files are read as bytes line by line, so memory does not depend on the file's size. A UTF-8 BOM and
 CRLF line ends are accepted. Bad lines (invalid UTF-8, NUL bytes, malformed TSV/JSONL rows, empty
 rows) are either an error naming file and line, or skipped and counted, per kind of problem.
+
+Every byte any command reads as text passes `iter_raw_lines`, which keeps the bounds (limits.py): a line
+longer than SBERT_MAX_LINE_BYTES (a binary file, /dev/zero, a bomb of zeros) and more than
+SBERT_MAX_INPUT_BYTES read from one named file (decompressed) are errors naming file and line before memory
+grows; a line ends at LF, CRLF or a lone CR (old Mac files); a truncated or corrupt .gz names its line.
+Named inputs may be FIFOs, devices or `<(cmd)`: each is read once, in one pass, like stdin.
 """
 
 from __future__ import annotations
@@ -11,11 +17,21 @@ import contextlib
 import gzip
 import itertools
 import json
+import stat
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
 from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.limits import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    MAX_INPUT_BYTES_VAR,
+    MAX_LINE_BYTES_VAR,
+    byte_limit,
+    parse_json,
+)
 
 FORMATS = ("auto", "txt", "tsv", "jsonl")
 BAD_LINE_POLICIES = ("error", "skip")
@@ -30,6 +46,7 @@ DEFAULT_TEXT_FIELD = "text"
 SNIFF_LINES = 64
 MAX_EXAMPLES = 5
 PROGRESS_EVERY = 4096  # lines between updates of bytes_read (tell() on a gzip stream is not free)
+CHUNK_BYTES = 1 << 16  # read at a time; lines are split from chunks, so no line is read whole before its size is known
 
 
 @dataclass
@@ -79,9 +96,62 @@ def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
     return raw, raw
 
 
+def is_regular(path: Path) -> bool:
+    """A regular file (its size is known, it can be read twice), not a FIFO, `<(cmd)` or a device."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def iter_raw_lines(stream: BinaryIO, name: str, budget: int | None = None) -> Iterator[bytes]:
+    """The lines of a binary stream, without their ends (LF, CRLF or a lone CR), read in chunks so that a line
+    longer than SBERT_MAX_LINE_BYTES is a DataError at `name:line` before it is held; `budget`: the most bytes
+    (decompressed) this stream may give. A stream that cannot be read (a truncated .gz) names its line."""
+    max_line = byte_limit(MAX_LINE_BYTES_VAR, DEFAULT_MAX_LINE_BYTES)
+    read = getattr(stream, "read1", None) or stream.read  # read1: what a pipe has now, so stdin streams
+    pending = b""
+    number = 0
+    total = 0
+    while True:
+        try:
+            chunk = read(CHUNK_BYTES)
+        except (OSError, EOFError, zlib.error) as e:
+            hint = "; is it cut short? `gzip -t` checks a .gz file" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) else ""
+            raise DataError(f"{name}:{number + 1}: cannot read the file ({e}){hint}") from None
+        if not chunk:
+            break
+        total += len(chunk)
+        if budget is not None and total > budget:
+            raise DataError(
+                f"{name}: more than {budget:,} bytes of text (decompressed); a gzip bomb or the wrong file? "
+                f"for a real input this large set {MAX_INPUT_BYTES_VAR} (bytes) higher"
+            )
+        lines = (pending + chunk if pending else chunk).splitlines(keepends=True)
+        pending = lines.pop()
+        if pending.endswith(b"\n"):
+            lines.append(pending)
+            pending = b""  # (a line ending in CR stays pending: its LF may start the next chunk)
+        for line in lines:
+            number += 1
+            yield line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        if len(pending) > max_line:
+            raise DataError(
+                f"{name}:{number + 1}: a line longer than {max_line:,} bytes; is this a text file? split the "
+                f"line, or set {MAX_LINE_BYTES_VAR} (bytes) higher"
+            )
+    if pending:
+        yield pending[:-1] if pending.endswith(b"\r") else pending
+
+
+def input_budget(path: str | Path) -> int | None:
+    """The most bytes a named input may give (SBERT_MAX_INPUT_BYTES); None for stdin, a stream without end."""
+    return None if is_stdin(path) else byte_limit(MAX_INPUT_BYTES_VAR, DEFAULT_MAX_INPUT_BYTES)
+
+
 def check_input_files(paths: list[Path], stdin_allowed: bool = False) -> list[Path]:
     """Existing, non-empty, readable files (and, when stdin_allowed, "-" once: standard input);
-    DataError naming the first that is not."""
+    DataError naming the first that is not. A FIFO or device is accepted unread: its size says nothing."""
     if not paths:
         raise ConfigError("no input files given")
     checked = []
@@ -95,7 +165,7 @@ def check_input_files(paths: list[Path], stdin_allowed: bool = False) -> list[Pa
             raise DataError(f"{path}: no such file")
         if path.is_dir():
             raise DataError(f"{path}: is a directory; give text files (.txt, .tsv, .jsonl, optionally .gz)")
-        if path.stat().st_size == 0:
+        if is_regular(path) and path.stat().st_size == 0:
             raise DataError(f"{path}: the file is empty")
         checked.append(path)
     return checked
@@ -115,12 +185,12 @@ def _all_have_tabs(lines: Iterable[bytes]) -> bool:
     return sampled > 0
 
 
-def _first_lines(stdin: BinaryIO) -> list[bytes]:
-    """The lines of stdin that _all_have_tabs may look at, read once and kept: a pipe cannot be read twice."""
+def _first_lines(lines: Iterator[bytes], gzip_check: bool) -> list[bytes]:
+    """The lines that _all_have_tabs may look at, read once and kept: a pipe cannot be read twice."""
     head: list[bytes] = []
     non_blank = 0
-    for line in stdin:
-        if not head and line.startswith(b"\x1f\x8b"):
+    for line in lines:
+        if gzip_check and not head and line.startswith(b"\x1f\x8b"):
             raise DataError(f"{STDIN_NAME}: gzip-compressed data; give the .gz file by name or pipe it through `gunzip -c`")
         head.append(line)
         non_blank += bool(line.strip())
@@ -158,8 +228,8 @@ class TextReader:
         self.text_column = text_column
         self.text_field = text_field
         self.policy = {kind: on_bad_lines or default for kind, default in DEFAULT_BAD_LINE_POLICY.items()}
-        reads_stdin = any(map(is_stdin, self.paths))
-        self.stats = ReadStats(total_bytes=None if reads_stdin else sum(p.stat().st_size for p in self.paths))
+        sized = all(not is_stdin(p) and is_regular(p) for p in self.paths)
+        self.stats = ReadStats(total_bytes=sum(p.stat().st_size for p in self.paths) if sized else None)
 
     def file_format(self, path: Path, head: list[bytes] | None = None) -> str:
         """The format this reader uses for `path`: --format, else the suffix, else a look at its first lines
@@ -180,10 +250,7 @@ class TextReader:
     def _looks_tab_separated(self, path: Path) -> bool:
         stream, raw = open_binary(path)
         with raw, stream:
-            try:
-                return _all_have_tabs(stream)
-            except (OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read the file ({e})") from None
+            return _all_have_tabs(iter_raw_lines(stream, str(path), input_budget(path)))
 
     def _bad_line(self, path: Path, line_number: int, kind: str, reason: str) -> None:
         where = f"{source_name(path)}:{line_number}: {reason}"
@@ -198,14 +265,12 @@ class TextReader:
     def __iter__(self) -> Iterator[tuple[str, bool]]:
         bytes_before = 0
         for path in self.paths:
-            size = 0 if is_stdin(path) else path.stat().st_size
+            size = path.stat().st_size if not is_stdin(path) and is_regular(path) else 0
             yield from self._read_file(path, bytes_before)
             bytes_before += size
             self.stats.bytes_read = bytes_before
 
     def _read_file(self, path: Path, bytes_before: int) -> Iterator[tuple[str, bool]]:
-        head = _first_lines(self.stdin) if is_stdin(path) else None
-        fmt = self.file_format(path, head)
         stats = self.stats
         column = self.text_column or 0
         text_field = self.text_field or DEFAULT_TEXT_FIELD
@@ -213,19 +278,22 @@ class TextReader:
         new_document = True
         line_number = 0
         with contextlib.ExitStack() as opened:
-            if head is not None:
-                stream, raw_file = itertools.chain(head, self.stdin), None  # stdin stays open: not ours to close
+            if is_stdin(path):
+                binary, raw_file = self.stdin, None  # stdin stays open: not ours to close
             else:
-                stream, raw_file = open_binary(path)
+                binary, raw_file = open_binary(path)
                 opened.enter_context(raw_file)
-                opened.enter_context(stream)
+                opened.enter_context(binary)
+            lines = iter_raw_lines(binary, source_name(path), input_budget(path))
+            head = _first_lines(lines, gzip_check=raw_file is None)  # read once: a pipe cannot be read twice
+            fmt = self.file_format(path, head)
+            stream = itertools.chain(head, lines)
             try:
                 for line_number, raw in enumerate(stream, start=1):
                     if raw_file is not None and line_number % PROGRESS_EVERY == 0:
                         stats.bytes_read = bytes_before + raw_file.tell()
                     if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                         raw = raw[3:]
-                    raw = raw.rstrip(b"\r\n")
                     if b"\x00" in raw:
                         self._bad_line(path, line_number, "encoding", "NUL byte (is this a binary or UTF-16 file?)")
                         continue
@@ -278,11 +346,11 @@ class TextReader:
             except (OSError, EOFError) as e:  # truncated or corrupt gzip
                 raise DataError(f"{source_name(path)}:{line_number + 1}: cannot read the file ({e})") from None
         if line_number == 0:
-            raise DataError(f"{STDIN_NAME}: nothing came on standard input" if head is not None else f"{path}: the file is empty")
+            raise DataError(f"{STDIN_NAME}: nothing came on standard input" if raw_file is None else f"{path}: the file is empty")
 
     def _json_text(self, path: Path, line_number: int, line: str, text_field: str) -> str | None:
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as e:
             self._bad_line(path, line_number, "malformed", f"not valid JSON ({e.msg} at column {e.colno})")
             return None
@@ -323,13 +391,13 @@ def decode_line(raw: bytes, where: str) -> str:
         raise DataError(f"{where}: {reason}{advice}") from None
 
 
-def read_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text without its line end) of a binary stream; a BOM on line 1 is dropped, CRLF
-    accepted, and a bad line is a DataError naming `name:line`."""
-    for line_number, raw in enumerate(stream, 1):
+def read_lines(stream: BinaryIO, name: str, budget: int | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without its line end) of a binary stream, within the bounds of iter_raw_lines;
+    a BOM on line 1 is dropped, and a bad line is a DataError naming `name:line`."""
+    for line_number, raw in enumerate(iter_raw_lines(stream, name, budget), 1):
         if line_number == 1 and raw.startswith(UTF8_BOM):
             raw = raw[len(UTF8_BOM):]
-        yield line_number, decode_line(raw.rstrip(b"\r\n"), f"{name}:{line_number}")
+        yield line_number, decode_line(raw, f"{name}:{line_number}")
 
 
 def read_stdin_lines(stdin: TextIO) -> Iterator[tuple[int, str]]:
@@ -401,13 +469,14 @@ def iter_texts(
     path = check_input_files([Path(file)])[0]
     if input_format(path) != "txt":
         return ((text, str(path)) for text, _ in TextReader([path]))
-    return _non_blank(_file_lines(path), str(path), what, stats)
+    return _non_blank(file_lines(path), str(path), what, stats)
 
 
-def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+def file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """read_lines of a named file (.gz too, as every reader of text), within its input budget."""
     stream, raw = open_binary(path)
     with raw, stream:
-        yield from read_lines(stream, str(path))
+        yield from read_lines(stream, str(path), input_budget(path))
 
 
 def _non_blank(
