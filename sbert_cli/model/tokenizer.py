@@ -194,6 +194,22 @@ class BertTokenizer:
         """WordPiece tokens of one text, without [CLS]/[SEP]."""
         return self.backend.encode(text, add_special_tokens=False).tokens
 
+    def encode_words(self, text: str) -> list[tuple[int, int, list[int]]]:
+        """(start, end, WordPiece ids) of each word the pre-tokenizer splits `text` into (a CJK character, a run
+        of letters and digits, a punctuation mark; whitespace and what the cleaner drops are no words), with
+        character offsets into the original text, not the normalized one. Sequence labelling's word path."""
+        self.backend.no_truncation()
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        words: list[tuple[int, int, list[int]]] = []
+        last_word = None
+        for word, (start, end), token_id in zip(encoding.word_ids, encoding.offsets, encoding.ids):
+            if word != last_word or not words:
+                words.append((start, end, [token_id]))
+                last_word = word
+            else:
+                words[-1] = (words[-1][0], end, words[-1][2] + [token_id])
+        return words
+
     def convert_ids_to_tokens(self, ids) -> list[str]:
         return [self.ids_to_tokens.get(int(i), "[UNK]") for i in ids]
 
