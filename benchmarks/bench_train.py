@@ -71,7 +71,7 @@ def make_task(task: str, model_dir: Path, scratch: Path, examples: int, seq_len:
         return ClassificationTask(encode_split(data, tokenizer, seq_len), None, tokenizer, "accuracy", seq_len)
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.data.shards import MLMShards
-    from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, MLMTask
+    from sbert_cli.tasks.pretrain import TRAIN_STREAM, MLMSource, MLMTask
 
     corpus = scratch / "corpus.txt"
     corpus.write_text("\n\n".join(texts) + "\n", encoding="utf-8")

@@ -21,7 +21,7 @@ from sbert_cli.model.model_dir import (
     write_model_dir,
 )
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.mlm import ProbeResult, probe_mlm_head
+from sbert_cli.tasks.probe import ProbeResult, probe_mlm_head
 
 DIRECTIONS = ("sbert", "hf")
 # transformers class for the heads a checkpoint holds; the classifier wins when both are present.

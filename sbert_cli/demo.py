@@ -238,7 +238,8 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     from sbert_cli.resources import THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
     from sbert_cli.tasks.classification import ClassifierOptions, TextInput, load_classifier, predict_stream, train_classifier
     from sbert_cli.tasks.evaluate import evaluate
-    from sbert_cli.tasks.mlm import PretrainOptions, pretrain, run_fill_mask
+    from sbert_cli.tasks.fill_mask import run_fill_mask
+    from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
     from sbert_cli.train.loop import TrainConfig
 
     s = settings

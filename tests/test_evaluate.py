@@ -265,7 +265,7 @@ def test_mlm_accuracy_counts_hits(hf_mlm_dir, raw_text, tmp_path):
 
     from sbert_cli.data.shards import MLMShards
     from sbert_cli.model.model_dir import load_tokenizer
-    from sbert_cli.tasks.mlm import eval_source, score_masked
+    from sbert_cli.tasks.pretrain import eval_source, score_masked
 
     class CopyInput(torch.nn.Module):
         def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None):

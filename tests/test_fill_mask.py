@@ -15,17 +15,16 @@ from typer.testing import CliRunner
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
 from sbert_cli.model.model_dir import load_for_task, load_tokenizer
-from sbert_cli.tasks.mlm import (
+from sbert_cli.tasks.fill_mask import (
     JOINT_BEAM_WIDTH,
-    PROBE_SENTENCES,
     fill_mask,
     fill_mask_joint,
     join_wordpieces,
     mask_spans,
-    probe_mlm_head,
-    read_texts,
+    read_masked_texts,
     run_fill_mask,
 )
+from sbert_cli.tasks.probe import PROBE_SENTENCES, probe_mlm_head
 
 transformers = pytest.importorskip("transformers")
 
@@ -172,15 +171,15 @@ def test_a_checkpoint_without_mlm_head_is_refused(tmp_path):
 def test_read_texts_from_arguments_file_and_stdin(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("\ufeff北京是[MASK]国\n\n  \n我[MASK]你\r\n", encoding="utf-8")
-    assert read_texts([], path) == (["北京是[MASK]国", "我[MASK]你"], [f"{path}:1", f"{path}:4"])
-    assert read_texts([], None, io.StringIO("a[MASK]\n\nb[MASK]\n")) == (["a[MASK]", "b[MASK]"], ["<stdin>:1", "<stdin>:3"])
-    assert read_texts(["x[MASK]"]) == (["x[MASK]"], ["argument 1"])
+    assert read_masked_texts([], path) == (["北京是[MASK]国", "我[MASK]你"], [f"{path}:1", f"{path}:4"])
+    assert read_masked_texts([], None, io.StringIO("a[MASK]\n\nb[MASK]\n")) == (["a[MASK]", "b[MASK]"], ["<stdin>:1", "<stdin>:3"])
+    assert read_masked_texts(["x[MASK]"]) == (["x[MASK]"], ["argument 1"])
     with pytest.raises(ConfigError, match="not both"):
-        read_texts(["x[MASK]"], path)
+        read_masked_texts(["x[MASK]"], path)
     with pytest.raises(DataError, match="no such file"):
-        read_texts([], tmp_path / "missing.txt")
+        read_masked_texts([], tmp_path / "missing.txt")
     with pytest.raises(DataError, match="<stdin>: no texts"):
-        read_texts([], None, io.StringIO("\n\n"))
+        read_masked_texts([], None, io.StringIO("\n\n"))
 
 
 def test_probe_sentences_are_in_the_chinese_vocab(vocab_path):

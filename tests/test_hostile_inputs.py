@@ -356,7 +356,7 @@ def test_fill_mask_skips_or_truncates_bad_lines_and_says_how_many(inputs, tmp_pa
 
 
 def test_fill_mask_streams_results_before_the_input_ends(inputs):
-    from sbert_cli.tasks.mlm import stream_fill_mask
+    from sbert_cli.tasks.fill_mask import stream_fill_mask
 
     def texts():
         for n in range(5):

@@ -14,7 +14,7 @@ from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.data.shards import MLMShards
 from sbert_cli.model.model_dir import load_for_task
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.mlm import TRAIN_STREAM, MLMSource, masker_for
+from sbert_cli.tasks.pretrain import TRAIN_STREAM, MLMSource, masker_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,7 +143,7 @@ def test_held_out_figures_equal_sbert_eval_on_the_same_sequences(tmp_path, unmas
     """One masked-position scorer and one evaluation-masking scheme: pretrain's held-out evaluation of --eval-data
     and `sbert eval` of the same data on the same model report the same figures."""
     from sbert_cli.tasks.evaluate import evaluate
-    from sbert_cli.tasks.mlm import PretrainOptions, pretrain
+    from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
     from sbert_cli.train.loop import TrainConfig
 
     options = PretrainOptions(data=unmasked_data, config_name="tiny", dynamic_masking=True, eval_data=unmasked_data)

@@ -45,9 +45,9 @@ def fill_mask_command(
     import sys
 
     from sbert_cli.cli.app import err_console
-    from sbert_cli.tasks.mlm import SkippedTexts, iter_texts, stream_fill_mask
+    from sbert_cli.tasks.fill_mask import SkippedTexts, iter_masked_texts, stream_fill_mask
 
-    items = iter_texts(texts or [], file)  # a missing input fails before the model loads
+    items = iter_masked_texts(texts or [], file)  # a missing input fails before the model loads
     set_threads(threads)
     skipped = SkippedTexts()
     results = stream_fill_mask(model, items, top_k=top_k, joint=joint, batch_size=batch_size, device=device,

@@ -151,8 +151,8 @@ def pretrain(
 ) -> None:
     """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""
     config = _train_config({**locals(), **shared})
-    from sbert_cli.tasks.mlm import PretrainOptions
-    from sbert_cli.tasks.mlm import pretrain as run_pretrain
+    from sbert_cli.tasks.pretrain import PretrainOptions
+    from sbert_cli.tasks.pretrain import pretrain as run_pretrain
     from sbert_cli.train.distributed import is_main_process
 
     options = PretrainOptions(

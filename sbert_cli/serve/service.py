@@ -143,7 +143,7 @@ class ModelService:
             import torch
 
             from sbert_cli.model.precision import inference_autocast
-            from sbert_cli.tasks.mlm import fill_mask
+            from sbert_cli.tasks.fill_mask import fill_mask
 
             top_k, joint = options
             origins = [f"texts[{i}]" for i in range(len(texts))]

@@ -24,7 +24,7 @@ from sbert_cli.tasks.classification import (
     load_classifier,
     prepare_inference,
 )
-from sbert_cli.tasks.mlm import EVAL_MASKING_SEED, eval_source, score_masked
+from sbert_cli.tasks.pretrain import EVAL_MASKING_SEED, eval_source, score_masked
 
 TASKS = ("cls", "mlm")
 REPORT_FILE = "metrics.json"  # an eval report; a run's training log is metrics.jsonl (plots.METRICS_FILE)
