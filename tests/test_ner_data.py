@@ -108,7 +108,7 @@ BAD_TEXTS = [
     ("B-PER\n", 1, "no tag on this line"),
     ("张 PER\n", 1, "tag 'PER' is neither O nor"),
     ("张 B-PER\n三 E-PER\n\n我 O\n张 B-PER\n三 O\n", 6, "O after B-PER; in BIOES"),
-    ("张 B-PER\n三 E-PER\n\n张 B-PER\n", 4, "the sentence ends inside an entity (B-PER)"),
+    ("张 B-PER\n三 M-PER\n四 E-PER\n\n我 O\n王 E-PER\n", 6, "E-PER after O; in BMES"),
     ("张 B-PER\n三 M-PER\n四 E-PER\n\n张 B-PER\n三 I-PER\n四 E-PER\n", 6, "I-PER does not belong in a BMES file"),
     ("张 B-PER\n三 E-LOC\n", 2, "E-LOC after B-PER"),
     ("张 B-PER\n\n我 O\n张 I-PER\n", 4, "I-PER after O; in BIO (IOB2)"),
@@ -198,10 +198,27 @@ def test_dev_file_with_a_type_unseen_in_train_names_its_line(tmp_path):
 
 def test_tokens_join_with_a_space_only_between_ascii_letters_and_digits(tmp_path):
     path = tmp_path / "mixed.txt"
-    path.write_text("iPhone B-PRO\n12 I-PRO\n在 O\nＡＢＣ B-ORG\n公 I-ORG\n司 I-ORG\nx O\n5G B-PRO\n", encoding="utf-8")
+    path.write_text("iPhone B-PRO\n12 I-PRO\n在 O\nＡＢＣ B-ORG\n公 I-ORG\n司 I-ORG\nx O\n5G B-PRO\n于 O\n1 O\n9 O\n"
+                    "4 O\n5 O\n年 O\nN B-ORG\nB I-ORG\nA I-ORG\n", encoding="utf-8")
     example = read_ner_file(path).examples[0]
-    assert example.text == "iPhone 12在ＡＢＣ公司x 5G"
-    assert [example.text[s.start:s.end] for s in example.spans] == ["iPhone 12", "ＡＢＣ公司", "5G"]
+    assert example.text == "iPhone 12在ＡＢＣ公司x 5G于1945年NBA"  # one character per line: no spaces (MSRA)
+    assert [example.text[s.start:s.end] for s in example.spans] == ["iPhone 12", "ＡＢＣ公司", "5G", "NBA"]
+
+
+def test_an_entity_cut_by_a_sentence_edge_is_left_out_and_counted(tmp_path):
+    # MSRA's packaging splits long sentences at 100 characters, inside an entity now and then
+    path = tmp_path / "cut.txt"
+    path.write_text("我 O\n见 O\n张 B-PER\n\n三 M-PER\n丰 E-PER\n和 O\n李 S-PER\n\n王 M-PER\n\n去 O\n北 B-LOC\n京 E-LOC\n",
+                    encoding="utf-8")
+    data = read_ner_file(path)
+    assert [e.spans for e in data.examples] == [(), (Span(3, 4, "PER"),), (), (Span(1, 3, "LOC"),)]
+    assert data.cut_entities == [f"{path}:3", f"{path}:5", f"{path}:10"]
+    from sbert_cli.data.ner import _TagError
+
+    with pytest.raises(_TagError):  # without the list, strict
+        spans_from_file_tags(["M-PER", "E-PER"], "BMES")
+    with pytest.raises(_TagError, match="O after M-PER"):  # a cut entity must still be well formed
+        spans_from_file_tags(["M-PER", "O"], "BMES", [])
 
 
 # ------------------------------------------------------------------------------------------ file tags round trip

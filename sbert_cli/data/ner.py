@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -56,6 +56,7 @@ class NerData:
     labels: list[str]  # entity types: sorted, or the ones given to read_ner_file
     scheme: str  # one of SCHEMES
     path: Path
+    cut_entities: list[str] = field(default_factory=list)  # "file:line" of entities cut by a sentence edge, left out
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -78,16 +79,17 @@ def read_ner_file(path: str | Path, labels: list[str] | None = None) -> NerData:
 
     if _is_json_object(first):
         examples, scheme = _read_json(path, check_label)
+        cut = []
     else:
-        examples, scheme = _read_conll(path, check_label)
+        examples, scheme, cut = _read_conll(path, check_label)
     if not examples:
         raise DataError(f"{path}: no sentences; write one `TOKEN TAG` per line, or JSONL with text and entities")
     if labels is not None:
-        return NerData(examples, list(labels), scheme, path)
+        return NerData(examples, list(labels), scheme, path, cut)
     found = sorted({s.label for e in examples for s in e.spans})
     if not found:
         raise DataError(f"{path}: no entities (every tag is O); a training file needs tagged entities")
-    return NerData(examples, found, scheme, path)
+    return NerData(examples, found, scheme, path, cut)
 
 
 def _is_json_object(line: str) -> bool:
@@ -162,13 +164,15 @@ def _scheme_evidence(sentences: Iterable[Sequence[str]]) -> tuple[str, bool]:
     return ("IOB1" if i_starts and not b_starts else "BIO"), i_starts and b_starts
 
 
-def _read_conll(path: Path, check_label) -> tuple[list[NerExample], str]:
+def _read_conll(path: Path, check_label) -> tuple[list[NerExample], str, list[str]]:
     scheme, mixed = _scheme_evidence(tags for _, _, tags in _conll_sentences(path))
     examples = []
+    cut: list[str] = []
     for first, tokens, tags in _conll_sentences(path):
         text, starts = _join_tokens(tokens)
+        edge_cuts: list[int] = []
         try:
-            token_spans = spans_from_file_tags(tags, scheme)
+            token_spans = spans_from_file_tags(tags, scheme, edge_cuts)
         except _TagError as e:
             why = " (entities here start with B- and with I-: B- at an entity start makes the file BIO, not IOB1)"
             raise DataError(f"{path}:{first + e.index}: {e.message}{why if mixed else ''}") from None
@@ -176,17 +180,19 @@ def _read_conll(path: Path, check_label) -> tuple[list[NerExample], str]:
             check_label(label, f"{path}:{first + s}")
         spans = tuple(Span(starts[s], starts[e - 1] + len(tokens[e - 1]), label) for s, e, label in token_spans)
         examples.append(NerExample(text, spans, f"{path}:{first}"))
-    return examples, scheme
+        cut.extend(f"{path}:{first + i}" for i in edge_cuts)
+    return examples, scheme, cut
 
 
 def _join_tokens(tokens: list[str]) -> tuple[str, list[int]]:
     """The sentence text and each token's start: tokens joined without a separator, except one space between two
-    tokens whose touching characters are both ASCII letters or digits (`iPhone 12`, not `iPhone12`)."""
+    tokens whose touching characters are both ASCII letters or digits, unless both are single characters
+    (`iPhone 12`, not `iPhone12`; but a character-per-line corpus such as MSRA writes 1945 as 1 9 4 5)."""
     parts: list[str] = []
     starts: list[int] = []
     length = 0
     for token in tokens:
-        if parts and _ascii_alnum(parts[-1][-1]) and _ascii_alnum(token[0]):
+        if parts and _ascii_alnum(parts[-1][-1]) and _ascii_alnum(token[0]) and len(parts[-1]) + len(token) > 2:
             parts.append(" ")
             length += 1
         starts.append(length)
@@ -205,9 +211,13 @@ class _TagError(Exception):
         self.index, self.message = index, message
 
 
-def spans_from_file_tags(tags: Sequence[str], scheme: str) -> list[tuple[int, int, str]]:
+def spans_from_file_tags(tags: Sequence[str], scheme: str, edge_cuts: list[int] | None = None
+                         ) -> list[tuple[int, int, str]]:
     """Entities of one sentence's file tags as (first token, end token exclusive, type), read strictly in
-    `scheme` (BIO, IOB1, BIOES or BMES); a tag the scheme does not allow there is a _TagError."""
+    `scheme` (BIO, IOB1, BIOES or BMES); a tag the scheme does not allow there is a _TagError. Given a list
+    `edge_cuts`, a BIOES/BMES entity cut by the sentence's start or end (M-PER E-PER first, B-PER last: a corpus
+    split at a fixed length) is no error: it is left out, as seqeval's strict mode leaves it, and its first
+    token's index appended to the list."""
     spans: list[tuple[int, int, str]] = []
     open_start, open_type, previous = None, None, "the sentence start"
     ends_with_e = scheme in ("BIOES", "BMES")
@@ -220,7 +230,10 @@ def spans_from_file_tags(tags: Sequence[str], scheme: str) -> list[tuple[int, in
             raise _TagError(i, f"{tag} does not belong in a {name} file")
         inside = prefix in ("I", "M", "E")
         if ends_with_e:
-            if open_type is None and inside:
+            if i == 0 and inside and edge_cuts is not None:
+                edge_cuts.append(0)
+                open_start, open_type = None, label  # the cut entity's start is in the sentence before
+            elif open_type is None and inside:
                 raise _TagError(i, f"{tag} after {previous}; in {name} an entity starts with B- or S-")
             if open_type is not None and not (inside and label == open_type):
                 raise _TagError(i, f"{tag} after {previous}; in {name} an entity of several tokens continues "
@@ -231,7 +244,8 @@ def spans_from_file_tags(tags: Sequence[str], scheme: str) -> list[tuple[int, in
             elif prefix == "S":
                 spans.append((i, i + 1, label))
             elif prefix == "E":
-                spans.append((open_start, i + 1, open_type))
+                if open_start is not None:
+                    spans.append((open_start, i + 1, open_type))
                 open_type = None
         else:
             continues = open_type == label
@@ -248,6 +262,10 @@ def spans_from_file_tags(tags: Sequence[str], scheme: str) -> list[tuple[int, in
                 open_start, open_type = i, label
         previous = tag
     if open_type is not None:
+        if ends_with_e and edge_cuts is not None:
+            if open_start is not None:
+                edge_cuts.append(open_start)
+            return spans
         if ends_with_e:
             raise _TagError(len(tags) - 1, f"the sentence ends inside an entity ({previous}); in {name} it "
                                            f"ends with E-{open_type}")
