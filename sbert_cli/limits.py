@@ -7,6 +7,7 @@ option, the range and why.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -101,3 +102,32 @@ def parse_json(text: str | bytes):
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate, as far as Linux tells: the least of the system's available memory
+    and free swap, the cgroup's room (containers) and the address-space limit's room (ulimit -v); None when unknown."""
+    from pathlib import Path
+
+    room = []
+
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    info = dict(line.split(":", 1) for line in read("/proc/meminfo").splitlines() if ":" in line)
+    with contextlib.suppress(KeyError, ValueError, IndexError):
+        room.append((int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])) * 1024)
+    limit, current = read("/sys/fs/cgroup/memory.max").strip(), read("/sys/fs/cgroup/memory.current").strip()
+    if limit.isdigit() and current.isdigit():
+        room.append(int(limit) - int(current))
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            status = dict(line.split(":", 1) for line in read("/proc/self/status").splitlines() if ":" in line)
+            room.append(soft - int(status["VmSize"].split()[0]) * 1024 if "VmSize" in status else soft)
+    return max(0, min(room)) if room else None

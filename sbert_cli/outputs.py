@@ -349,11 +349,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
-    """Remove sbert's temp entries in `folder` (only those of `name`, when given) whose process is gone;
-    return their names. A folder that cannot be listed is left alone."""
+    """Remove sbert's temp entries in `folder` (only those of `name`, when given) whose process is gone, and
+    return their names; an `.NAME.old-PID` whose NAME is missing (killed between the two renames of a
+    replacement) is put back instead: the old whole is kept. A folder that cannot be listed is left alone."""
     removed = []
     try:
-        children = list(Path(folder).iterdir())
+        children = sorted(Path(folder).iterdir(), key=lambda p: ".old-" not in p.name)  # restore before removing
     except OSError:
         return removed
     for child in children:
@@ -364,6 +365,10 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
         if pid == os.getpid() or _pid_alive(pid):
             continue
         with contextlib.suppress(OSError):
+            original = child.parent / match["name"]
+            if ".old-" in child.name and not os.path.lexists(original):
+                os.rename(child, original)
+                continue
             _remove(child)
             removed.append(child.name)
     return removed
@@ -493,17 +498,23 @@ def write_bytes(path: str | Path, content: bytes, force: bool = False) -> Path:
     return Path(path)
 
 
+def finish_folder(folder: Path) -> Path:
+    """Give a folder written by a library (safetensors writes 0600 files) the user's umask, and fsync it whole."""
+    for root, dirs, names in os.walk(folder):
+        os.chmod(root, user_mode(directory=True))
+        for name in names:
+            os.chmod(Path(root) / name, user_mode())
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
+    return folder
+
+
 def place_folder(tmp: Path, path: Path, force: bool = False) -> Path:
     """Put the written folder `tmp` at `path` (a missing or empty folder; forced, a folder whose files the caller
     may replace is moved aside and removed after): one rename, so `path` is the old or the new whole."""
     try:
         check_target(path, force=True, what="folder")
-        for root, dirs, names in os.walk(tmp):
-            os.chmod(root, user_mode(directory=True))
-            for name in names:
-                os.chmod(Path(root) / name, user_mode())
-                fsync_path(Path(root) / name)
-            fsync_path(Path(root))
+        finish_folder(tmp)
         try:
             os.rename(tmp, path)  # replaces only an empty folder
         except OSError as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import ConfigError, ModelLoadError
-from sbert_cli.limits import MAX_NUM_LABELS, is_int, is_number
+from sbert_cli.limits import MAX_NUM_LABELS, available_memory, is_int, is_number, parse_json
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 CLASSIFIER_POOLINGS = ("pooler", "cls", "mean")
@@ -93,6 +93,37 @@ class BertConfig:
         """Label names in id order."""
         return [self.id2label[i] for i in range(len(self.id2label))] if self.id2label else None
 
+    def encoder_parameters(self) -> int:
+        """Parameters of the embeddings and layers, which every checkpoint of this config holds: by arithmetic,
+        nothing is built (a config.json of 100,000 layers is refused before any memory is taken)."""
+        h, i = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h  # attention, LayerNorm, FFN, LayerNorm
+        return embeddings + self.num_hidden_layers * layer
+
+    def parameter_count(self) -> int:
+        """Every parameter: the encoder, pooler, MLM head (its decoder tied to the embeddings) and classifier."""
+        h = self.hidden_size
+        return self.encoder_parameters() + (h * h + h) + (h * h + 3 * h + self.vocab_size) + (self.num_labels or 0) * (h + 1)
+
+    def check_size(self, weights_hold: int | None = None, weights: Path | None = None) -> None:
+        """ConfigError when a model of this config cannot fit the memory this process may still take (fp32), or is
+        larger than the tensors of its weight file (`weights_hold` elements) can fill."""
+        count = self.parameter_count()
+        shape = (f"num_hidden_layers {self.num_hidden_layers:,}, hidden_size {self.hidden_size:,}, intermediate_size "
+                 f"{self.intermediate_size:,}, vocab_size {self.vocab_size:,}")
+        if weights_hold is not None and self.encoder_parameters() > weights_hold:
+            raise ConfigError(
+                f"its {shape} make an encoder of {self.encoder_parameters():,} parameters, but {weights} holds "
+                f"{weights_hold:,} in all; use the config.json saved with these weights"
+            )
+        room = available_memory()
+        if room is not None and count * 4 > room:
+            raise ConfigError(
+                f"its {shape} make a model of {count:,} parameters ({count * 4 / 1e9:,.1f} GB in fp32), more than the "
+                f"{room / 1e9:,.1f} GB of memory this process can take; check config.json or use a larger machine"
+            )
+
     def with_labels(self, labels: list[str]) -> "BertConfig":
         return dataclasses.replace(self, id2label=dict(enumerate(labels)), extra=dict(self.extra))
 
@@ -128,7 +159,7 @@ class BertConfig:
     def from_json(cls, path: str | Path) -> "BertConfig":
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelLoadError(f"{path.parent}: no config.json; point `model` at a BERT model dir") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -139,11 +170,11 @@ class BertConfig:
         if model_type != "bert":
             raise ModelLoadError(f"{path}: model_type is {model_type!r}; sbert loads BERT checkpoints only")
         try:
-            return cls.from_dict(data)
-        except TypeError as e:
+            config = cls.from_dict(data)
+            config.check_size()
+        except (TypeError, ConfigError) as e:
             raise ModelLoadError(f"{path}: {e}") from None
-        except ConfigError as e:
-            raise ModelLoadError(f"{path}: {e}") from None
+        return config
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

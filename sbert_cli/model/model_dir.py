@@ -15,7 +15,6 @@ out_dir: convert's sbert dirs and HF exports); model_meta is sbert.json's conten
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sbert_cli.errors import ModelLoadError, WeightMismatchError
+from sbert_cli.errors import ConfigError, ModelLoadError, WeightMismatchError
 from sbert_cli.limits import is_int
 from sbert_cli.model.bert import (
     BertForMaskedLM,
@@ -107,6 +106,7 @@ def read_checkpoint(model: str | Path) -> Checkpoint:
     _check_vocab_size(path / "vocab.txt", config)
     weights = find_weights(path)
     state = read_state_dict(weights)
+    _check_size_and_types(config, state, weights, path)
     _check_finite(state, weights)
     if meta is not None:
         report = _check_sbert_state(state, expected_shapes(config), path)
@@ -156,6 +156,21 @@ def _check_vocab_size(vocab_path: Path, config: BertConfig) -> None:
             f"{vocab_path}: {tokens:,} tokens, but config.json's vocab_size is {config.vocab_size:,}; "
             "use the vocab.txt these weights were trained with"
         )
+
+
+def _check_size_and_types(config: BertConfig, state: dict[str, torch.Tensor], weights: Path, path: Path) -> None:
+    """Before any model is built: config.json's arithmetic against the tensors the file holds (100,000 layers over
+    a small file), and float weights only (int8 tensors would load and predict garbage)."""
+    try:
+        config.check_size(sum(t.numel() for t in state.values()), weights)
+    except ConfigError as e:
+        raise ModelLoadError(f"{path / 'config.json'}: {e}") from None
+    for name, tensor in state.items():  # (old checkpoints keep an int64 position_ids buffer: not a weight)
+        if not tensor.is_floating_point() and not name.endswith("position_ids"):
+            raise ModelLoadError(
+                f"{weights}: tensor {name} is {str(tensor.dtype).removeprefix('torch.')}; sbert loads float weights "
+                "(fp32, fp16, bf16): use the unquantized checkpoint (`precision` int8 quantizes at load)"
+            )
 
 
 def _check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
@@ -316,18 +331,19 @@ def write_model_dir(
     existing one the files move one rename each, replacing only files sbert wrote there before (see
     outputs.py), so a user's other files stay. The one writer behind converted model dirs and HF exports.
     """
-    from sbert_cli.outputs import OutputDir
+    from sbert_cli.outputs import OutputDir, place_folder, remove_stale_temps, temp_path
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    remove_stale_temps(out_dir.parent, out_dir.name)  # what a killed run left beside it
+    tmp = temp_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_files(tmp, config_json, tensors, tokenizer, meta, tokenizer_config)
-        if out_dir.exists():
-            OutputDir(out_dir).install(tmp)
-        else:
-            os.replace(tmp, out_dir)
+        if out_dir.exists() and OutputDir(out_dir).foreign():
+            OutputDir(out_dir).install(tmp)  # a user's files stay: sbert's are replaced one rename each
+        else:  # missing, empty or only sbert's: one rename, so out_dir is the old whole or the new
+            place_folder(tmp, out_dir, force=True)
             OutputDir(out_dir).record(*out_dir.iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something above failed
@@ -366,7 +382,9 @@ def _write_files(folder: Path, config_json: dict, tensors: dict[str, torch.Tenso
     else:
         ordered = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
         (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
-    return folder
+    from sbert_cli.outputs import finish_folder
+
+    return finish_folder(folder)  # the user's umask (safetensors writes 0600), on disk before it is placed
 
 
 def model_meta(task: str, state: dict, source: str | None, extra_meta: dict | None = None) -> dict:

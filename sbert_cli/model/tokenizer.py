@@ -116,10 +116,16 @@ class BertTokenizer:
         do_lower_case = True
         tok_config = model_dir / "tokenizer_config.json"
         if tok_config.is_file():
+            from sbert_cli.limits import parse_json
+
             try:
-                do_lower_case = bool(json.loads(tok_config.read_text(encoding="utf-8")).get("do_lower_case", True))
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                pass
+                settings = parse_json(tok_config.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ModelLoadError(f"{tok_config}: not valid JSON ({e}); fix it, or delete it to lower-case text") from None
+            if not isinstance(settings, dict):
+                raise ModelLoadError(f"{tok_config}: expected a JSON object, found {type(settings).__name__}; fix it, "
+                                     "or delete it to lower-case text")
+            do_lower_case = bool(settings.get("do_lower_case", True))
         words = read_vocab(vocab)
         overridden = not do_lower_case and is_caseless(words)
         tokenizer = cls(words, do_lower_case=do_lower_case or overridden, vocab_path=vocab)
