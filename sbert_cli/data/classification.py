@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbert_cli.data.text_input import check_text, file_lines
@@ -30,6 +30,7 @@ class ClassificationData:
     label_names: list[str]  # id -> name
     line_numbers: list[int]  # 1-based source line of each example
     blank_lines: int = 0  # blank lines (rows without text) skipped: they are no examples
+    notes: list[str] = field(default_factory=list)  # what the reader noticed and the user should hear (integer labels)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -119,12 +120,44 @@ def read_classification_file(
         missing = [n for n, label in zip(line_numbers, raw_labels) if label is None]
         if missing:
             raise DataError(f"{path}:{missing[0]}: missing label (other rows have one)")
+        notes = []
         if label_names is None:
             names = _sorted_label_names(raw_labels)
+            _check_labels_look_like_labels(path, texts, raw_labels, line_numbers, names)
+            if all(_as_int(name) is not None for name in names):
+                notes.append(
+                    f"{path}: the labels are numbers ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}) and no "
+                    "class.txt names them, so eval, predict and serve will show these numbers; give one name per line "
+                    "(line i names label i) with `labels_file`, or as class.txt beside train.txt in `data_dir`"
+                )
         labels = _label_ids(path, raw_labels, line_numbers, names, allow_new_labels and label_names is not None, label_source)
-    elif label_names is None:
+        return ClassificationData(path, texts, pairs if any(with_pair) else None, labels, names, line_numbers,
+                                  blank_lines, notes)
+    if label_names is None:
         names = []
     return ClassificationData(path, texts, pairs if any(with_pair) else None, labels, names, line_numbers, blank_lines)
+
+
+# A label column with more distinct values than half its rows, past this many rows, holds text, not labels: a
+# classifier learns nothing from fewer than two examples per label.
+TEXT_LIKE_MIN_ROWS = 20
+
+
+def _check_labels_look_like_labels(path: Path, texts: list[str], raw_labels: list[str], line_numbers: list[int],
+                                   names: list[str]) -> None:
+    """DataError when the label column looks like text (most labels unique): columns swapped, or the wrong column."""
+    rows, distinct = len(raw_labels), len(names)
+    if rows < TEXT_LIKE_MIN_ROWS or distinct * 2 <= rows:
+        return
+    swapped = len(set(texts)) * 2 <= rows  # and the text column repeats a few values: labels
+    example = raw_labels[0] if len(raw_labels[0]) <= 40 else raw_labels[0][:40] + "..."
+    advice = (f"the text column holds few values ({', '.join(sorted(set(texts))[:3])}, ...): are the columns swapped? "
+              "put the text first and the label after it" if swapped else
+              "is the text in the label column? each row is text, then label (TSV: text<TAB>label)")
+    raise DataError(
+        f"{path}:{line_numbers[0]}: the label column looks like text: {distinct:,} different labels in {rows:,} rows "
+        f"(e.g. {example!r}); {advice}; if these really are labels, list them in a class.txt given with `labels_file`"
+    )
 
 
 def _sorted_label_names(raw_labels: list[str]) -> list[str]:
