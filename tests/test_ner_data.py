@@ -376,3 +376,22 @@ def test_max_seq_len_too_small_is_refused(tokenizer):
 
     with pytest.raises(ConfigError, match="max_seq_len"):
         encode_windows(tokenizer, "北京", [(0, 1), (1, 2)], max_seq_len=2)
+
+
+# ------------------------------------------------------------------------------------------------ bundled sample
+def test_the_bundled_sample_reads_and_is_the_generators_output(tmp_path):
+    import importlib.util
+
+    from sbert_cli.resources import NER_SAMPLE_DEV, NER_SAMPLE_TRAIN
+
+    train = read_ner_file(NER_SAMPLE_TRAIN)
+    dev = read_ner_file(NER_SAMPLE_DEV, labels=train.labels)
+    assert (len(train), len(dev), train.scheme, dev.scheme) == (1200, 300, "BMES", "BMES")
+    assert train.labels == ["LOC", "ORG", "PER"] and not train.cut_entities
+    assert sum(len(e.spans) for e in train.examples) > 2000
+    spec = importlib.util.spec_from_file_location("make_ner_sample", VOCAB.parents[2] / "benchmarks" / "make_ner_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make(tmp_path)
+    for path in (NER_SAMPLE_TRAIN, NER_SAMPLE_DEV):
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), f"{path.name}: rerun benchmarks/make_ner_sample.py"

@@ -114,7 +114,9 @@ def _conll_sentences(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
     tag_strings: dict[str, str] = {}  # one string object per distinct tag: MSRA has 2 million tag lines
     first, tokens, tags = 0, [], []
     for number, line in _lines(path):
-        fields = _FIELDS.split(line.strip(" \t"))
+        fields = line.split(" ")  # the common `TOKEN TAG`; anything else goes through the regular expression
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            fields = _FIELDS.split(line.strip(" \t"))
         if not line.strip(" \t") or fields[0] == "-DOCSTART-":
             if tokens:
                 yield first, tokens, tags
