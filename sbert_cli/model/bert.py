@@ -1,4 +1,5 @@
-"""BERT in one file: embeddings, self-attention (SDPA), post-LN layers, pooler, and the MLM and classification heads.
+"""BERT in one file: embeddings, self-attention (SDPA), post-LN layers, pooler, and the MLM, classification and
+token-classification (tagging, with an optional CRF's parameters) heads.
 
 Shapes: B batch, T tokens, H hidden size, nh heads, hs head size (H = nh * hs), V vocab, M masked positions.
 Parameter names are ours (snake_case); hf_weights.py maps Hugging Face's names onto them.
@@ -194,6 +195,43 @@ class BertForSequenceClassification(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
+class TagTransitions(nn.Module):
+    """A CRF's parameters (crf.transitions [from, to], crf.start_scores, crf.end_scores), zero at first so the CRF
+    adds nothing until trained; tasks/crf.py scores and decodes with them."""
+
+    def __init__(self, num_tags: int):
+        super().__init__()
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start_scores = nn.Parameter(torch.zeros(num_tags))
+        self.end_scores = nn.Parameter(torch.zeros(num_tags))
+
+
+class BertForTokenClassification(nn.Module):
+    """Tag scores per token, as transformers' BertForTokenClassification (config.labels are the tag names), with an
+    optional CRF on top (`crf`, None without)."""
+
+    def __init__(self, config: BertConfig, crf: bool = False):
+        super().__init__()
+        if not config.num_labels:
+            raise ValueError("BertForTokenClassification needs config.id2label (the tag names)")
+        self.config = config
+        self.bert = BertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+        self.crf = TagTransitions(config.num_labels) if crf else None
+        self.bert.pooler.requires_grad_(False)  # never used: no optimizer or DDP waits for its gradient
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_positions=None) -> torch.Tensor:
+        """Tag scores (B, T, num_labels); given word_positions (B, W) (each word's first sub-token), only there:
+        (B, W, num_labels)."""
+        x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        if word_positions is not None:
+            x = torch.gather(x, 1, word_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, W, H)
+        return self.classifier(self.dropout(x))
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
     if any(p.is_meta for p in module.parameters(recurse=False)):
@@ -212,8 +250,9 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "cls": BertForSequenceClassification}
+TASKS = {"base": BertModel, "mlm": BertForMaskedLM, "cls": BertForSequenceClassification, "ner": BertForTokenClassification}
 
 
-def build_model(config: BertConfig, task: str) -> nn.Module:
-    return TASKS[task](config)
+def build_model(config: BertConfig, task: str, **options) -> nn.Module:
+    """The network of `task`; options go to its constructor (crf=True for "ner")."""
+    return TASKS[task](config, **options)

@@ -35,6 +35,7 @@ HF_TO_SBERT = {
     "cls.predictions.transform.LayerNorm": "mlm_head.layer_norm",
     "cls.predictions": "mlm_head",  # its `.bias`, the decoder's output bias
     "classifier": "classifier",
+    "crf": "crf",  # a tagger's CRF (sbert's own: transformers has none and ignores it)
 }
 
 # HF keys we read but do not keep, with the reason reported to the user.
@@ -48,8 +49,10 @@ DROPPED = {
 # The same tensor under a second name: transformers ties decoder.bias to cls.predictions.bias.
 ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
 # Our parameters that are optional in a checkpoint: the heads, and the pooler (BertForMaskedLM has none).
-OPTIONAL_PREFIXES = ("mlm_head.", "classifier.", "bert.pooler.")
+OPTIONAL_PREFIXES = ("mlm_head.", "classifier.", "crf.", "bert.pooler.")
 HEAD_PREFIXES = {"mlm": "mlm_head.", "cls": "classifier."}
+# Optional extras no checkpoint "lacks" (a tagger may or may not have a CRF): never listed as missing.
+EXTRA_PREFIXES = ("crf.",)
 
 LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}  # TF-era LayerNorm names
 
@@ -98,7 +101,7 @@ def sbert_to_hf_name(name: str) -> str:
     hf = _map_module(module, _INVERSE)
     if hf is None:
         raise KeyError(name)
-    return f"{hf}.{param}" if hf.startswith(("cls.", "classifier")) else f"bert.{hf}.{param}"
+    return f"{hf}.{param}" if hf.startswith(("cls.", "classifier", "crf")) else f"bert.{hf}.{param}"
 
 
 @dataclass
@@ -173,7 +176,7 @@ def convert_hf_state_dict(
             raise WeightMismatchError(f"the {task} head is incomplete: missing {', '.join(absent)}")
         if present:
             report.heads.append(task)
-    report.missing_optional = sorted(k for k in expected_shapes if k not in state)
+    report.missing_optional = sorted(k for k in expected_shapes if k not in state and not k.startswith(EXTRA_PREFIXES))
     report.mapped = len(state)
 
     decoder = hf_state.get("cls.predictions.decoder.weight")

@@ -27,11 +27,12 @@ from sbert_cli.errors import ConfigError, ModelLoadError, WeightMismatchError
 from sbert_cli.limits import is_int
 from sbert_cli.model.bert import (
     BertForMaskedLM,
-    BertForSequenceClassification,
+    BertForTokenClassification,
     build_model,
 )
 from sbert_cli.model.config import BertConfig
 from sbert_cli.model.hf_weights import (
+    EXTRA_PREFIXES,
     HEAD_PREFIXES,
     OPTIONAL_PREFIXES,
     ConversionReport,
@@ -92,8 +93,8 @@ def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in BertForMaskedLM(config).state_dict().items()}
         if config.num_labels:
-            cls = BertForSequenceClassification(config)
-            shapes.update({k: tuple(v.shape) for k, v in cls.state_dict().items() if k.startswith("classifier.")})
+            tagger = BertForTokenClassification(config, crf=True)  # classifier.* as a sequence classifier's, and crf.*
+            shapes.update({k: tuple(v.shape) for k, v in tagger.state_dict().items() if k.startswith(("classifier.", "crf."))})
     return shapes
 
 
@@ -195,7 +196,8 @@ def _check_sbert_state(state, shapes, path: Path) -> ConversionReport:
         )
     heads = [task for task, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
     return ConversionReport(
-        mapped=len(state), heads=heads, missing_optional=sorted(k for k in shapes if k not in state)
+        mapped=len(state), heads=heads,
+        missing_optional=sorted(k for k in shapes if k not in state and not k.startswith(EXTRA_PREFIXES)),
     )
 
 
@@ -212,17 +214,34 @@ def load_for_task(
     labels: list[str] | None = None,
     allow_new_head: bool = False,
 ) -> LoadedModel:
-    """Build the model for `task` ("base", "mlm", "cls") and load the checkpoint into it.
+    """Build the model for `task` ("base", "mlm", "cls", "ner") and load the checkpoint into it.
 
     A head the checkpoint lacks is an error unless allow_new_head (training), in which case it is
-    initialised fresh and listed in `initialized`. `labels` gives a classifier its label names; a
-    checkpoint whose classifier has other labels gets a new head only when allow_new_head.
+    initialised fresh and listed in `initialized`. `labels` gives a classifier its label names (a tagger its
+    tag names); a checkpoint whose head has other labels gets a new head only when allow_new_head. A tagger
+    has a CRF when the checkpoint has crf.* tensors.
     """
-    if task not in ("base", "mlm", "cls"):
+    if task not in ("base", "mlm", "cls", "ner"):
         raise ValueError(f"unknown task {task!r}")
     ck = read_checkpoint(model)
     config = ck.config
     state = dict(ck.state)
+    kind = ck.meta.get("task")  # an sbert dir says whether its classifier.* tags tokens or classifies texts
+    if task in ("cls", "ner") and kind in ("cls", "ner") and kind != task and not allow_new_head:
+        what = {"ner": "a tagger (train-ner)", "cls": "a text classifier (train-cls)"}
+        raise ModelLoadError(f"{ck.path}: is {what[kind]}, not {what[task]}; sbert eval/predict/serve pick the task "
+                             "from sbert.json")
+    options = {}
+    if task == "ner":  # a tagger: its labels are tag names; it has a CRF when the checkpoint holds one
+        options["crf"] = any(k.startswith("crf.") for k in state)
+        if labels is not None and config.labels != list(labels):
+            if not allow_new_head:
+                raise ModelLoadError(f"{ck.path}: its tagger has tags {config.labels}, not {list(labels)}")
+            state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "crf."))}
+            config = config.with_labels(list(labels))
+            options["crf"] = False
+        if not config.num_labels:
+            raise ModelLoadError(f"{ck.path}: has no tag names (id2label); train a tagger with sbert train-ner")
     if task == "cls":
         if labels is not None and config.labels != list(labels):
             if "cls" in ck.heads and not allow_new_head:
@@ -233,19 +252,20 @@ def load_for_task(
             config = config.with_labels(list(labels))
         if not config.num_labels:
             raise ModelLoadError(f"{ck.path}: has no classifier labels (id2label); train one with sbert train-cls")
-    net = build_model(config, task)
+    net = build_model(config, task, **options)
     if task == "base":
         state = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
     wanted = net.state_dict().keys()
     state = {k: v for k, v in state.items() if k in wanted}
     initialized = sorted(set(wanted) - set(state))
-    not_head = [k for k in initialized if not k.startswith(("mlm_head.", "classifier.", "pooler.", "bert.pooler."))]
+    not_head = [k for k in initialized if not k.startswith(("mlm_head.", "classifier.", "crf.", "pooler.", "bert.pooler."))]
     if not_head:  # read_checkpoint checked the encoder; this would be our own bug
         raise WeightMismatchError(f"{ck.path}: missing {not_head[:5]}")
     head_missing = [k for k in initialized if not k.startswith(("pooler.", "bert.pooler."))]
     if head_missing and not allow_new_head:
-        what = {"mlm": "masked-LM head (cls.predictions.*)", "cls": "classification head"}.get(task, "head")
-        trainer = {"mlm": "sbert pretrain --model ...", "cls": "sbert train-cls --model ..."}.get(task, "sbert pretrain")
+        what = {"mlm": "masked-LM head (cls.predictions.*)", "cls": "classification head", "ner": "tagging head"}.get(task, "head")
+        trainer = {"mlm": "sbert pretrain --model ...", "cls": "sbert train-cls --model ...",
+                   "ner": "sbert train-ner --model ..."}.get(task, "sbert pretrain")
         raise ModelLoadError(
             f"{ck.path}: has no {what}; it cannot predict with it. Train one ({trainer}) "
             "or use a checkpoint that ships it"
@@ -392,6 +412,8 @@ def model_meta(task: str, state: dict, source: str | None, extra_meta: dict | No
     from sbert_cli import __version__
 
     heads = [t for t, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in state)]
+    if task == "ner":  # a tagger's classifier.* tags tokens
+        heads = ["ner" if head == "cls" else head for head in heads]
     return {
         "format": FORMAT_VERSION,
         "sbert_version": __version__,

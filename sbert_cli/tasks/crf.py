@@ -3,8 +3,9 @@
 Shapes: B sentences, W words (padded), L tags. `emissions` (B, W, L) are the encoder's per-word tag scores;
 `mask` (B, W) is True on real words, which come first in every row (each row has at least one).
 
-- `CRF`: the parameters, `transitions[i, j]` (the score of tag j right after tag i), `start_scores` and
-  `end_scores`; `nll` is the negative log-likelihood of the gold tags (forward algorithm, in log space).
+- The CRF's parameters live in the model (model/bert.py's TagTransitions: `transitions[i, j]`, the score of
+  tag j right after tag i, `start_scores`, `end_scores`); `nll` is the negative log-likelihood of the gold
+  tags under them (forward algorithm, in log space).
 - `Constraints`: which tag may start, follow another, and end a sentence (BIOES: I-PER never after O);
   a forbidden step costs FORBIDDEN, so it is never chosen while any allowed path exists.
 - `log_partition`, `path_scores`, `viterbi`, `marginals`: the functions behind it, on explicit score
@@ -20,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 FORBIDDEN = -1e4  # added to a forbidden step's score: exp(-1e4) is 0 in float32, and no NaN as -inf can give
 
@@ -107,25 +107,9 @@ def marginals(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Te
     return emissions.grad
 
 
-class CRF(nn.Module):
-    """Transition, start and end scores over `num_tags` tags (parameter names: crf.transitions, crf.start_scores,
-    crf.end_scores), initialised to zero: at first the CRF adds nothing to the per-word scores."""
-
-    def __init__(self, num_tags: int):
-        super().__init__()
-        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
-        self.start_scores = nn.Parameter(torch.zeros(num_tags))
-        self.end_scores = nn.Parameter(torch.zeros(num_tags))
-
-    def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.transitions.float(), self.start_scores.float(), self.end_scores.float()
-
-    def nll(self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor,
-            constraints: Constraints | None = None) -> torch.Tensor:
-        """Negative log-likelihood of the gold `tags`, summed over the batch (float32)."""
-        emissions = emissions.float()
-        scores = self.scores()
-        return (log_partition(emissions, mask, *scores, constraints) - path_scores(emissions, mask, tags, *scores)).sum()
-
-    def decode(self, emissions: torch.Tensor, mask: torch.Tensor, constraints: Constraints | None = None) -> list[list[int]]:
-        return viterbi(emissions.float(), mask, *self.scores(), constraints)
+def nll(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor, transitions: torch.Tensor,
+        start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The negative log-likelihood of the gold `tags` (B, W), summed over the batch, in float32 (the training loss)."""
+    emissions = emissions.float()
+    scores = transitions.float(), start.float(), end.float()
+    return (log_partition(emissions, mask, *scores) - path_scores(emissions, mask, tags, *scores)).sum()
