@@ -8,7 +8,8 @@ import itertools
 import pytest
 import torch
 
-from sbert_cli.tasks.crf import CRF, Constraints, log_partition, marginals, path_scores, viterbi
+from sbert_cli.model.bert import TagTransitions
+from sbert_cli.tasks.crf import Constraints, log_partition, marginals, nll, path_scores, viterbi
 
 L = 3  # tags
 
@@ -80,25 +81,25 @@ def test_constrained_decoding_avoids_forbidden_steps_even_when_they_score_best()
 
 
 def test_nll_is_log_z_minus_gold_score_and_trains_toward_the_gold_path():
-    emissions, mask, transitions, start, end = random_batch(7, [3, 3])
+    emissions, mask, transitions, start, end = random_batch(7, [3, 2])
     tags = torch.tensor([[0, 2, 1], [1, 1, 0]])
-    crf = CRF(L)
-    with torch.no_grad():
-        crf.transitions.copy_(transitions)
-        crf.start_scores.copy_(start)
-        crf.end_scores.copy_(end)
     f32 = [x.float() for x in (transitions, start, end)]
-    want = (log_partition(emissions.float(), mask, *f32) - path_scores(emissions.float(), mask, tags, *f32)).sum()
-    torch.testing.assert_close(crf.nll(emissions, mask, tags), want)
-    # A few steps on the CRF's own parameters make the gold paths the decoded ones.
+    e32 = emissions.float()
+    want = sum(brute_force(emissions[b, :n], transitions, start, end)[0] - path_scores(e32[b:b + 1, :n], mask[b:b + 1, :n], tags[b:b + 1, :n], *f32)[0]
+               for b, n in enumerate([3, 2]))
+    torch.testing.assert_close(nll(emissions, mask, tags, transitions, start, end), want.float())
+    # A few steps on the CRF's own parameters (zero at first) make the gold paths the decoded ones.
+    crf = TagTransitions(L)
+    assert all(float(p.abs().sum()) == 0 for p in crf.parameters())
     optimizer = torch.optim.Adam(crf.parameters(), lr=0.5)
-    flat = torch.zeros(2, 3, L)  # no emission evidence: only the transitions can tell the rows apart
-    tags = torch.tensor([[0, 2, 1], [0, 2, 1]])
+    flat = torch.zeros(2, 3, L)  # no emission evidence: only the transitions can tell the tags apart
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    gold = torch.tensor([[0, 2, 1], [0, 2, 1]])
     for _ in range(50):
         optimizer.zero_grad()
-        crf.nll(flat, mask, tags).backward()
+        nll(flat, mask, gold, crf.transitions, crf.start_scores, crf.end_scores).backward()
         optimizer.step()
-    assert crf.decode(flat, mask) == tags.tolist()
+    assert viterbi(flat, mask, crf.transitions.detach(), crf.start_scores.detach(), crf.end_scores.detach()) == gold.tolist()
 
 
 def test_a_gold_path_scores_as_its_sum():
