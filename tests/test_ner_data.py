@@ -395,3 +395,16 @@ def test_the_bundled_sample_reads_and_is_the_generators_output(tmp_path):
     module.make(tmp_path)
     for path in (NER_SAMPLE_TRAIN, NER_SAMPLE_DEV):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), f"{path.name}: rerun benchmarks/make_ner_sample.py"
+
+
+def test_a_fifo_is_read_once(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes((DATA / "bmes.txt").read_bytes()))
+    writer.start()
+    data = read_ner_file(fifo)
+    writer.join()
+    assert data.scheme == "BMES" and [e.spans for e in data.examples] == SPANS

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sbert_cli.data.text_input import check_input_files, check_text, open_binary, read_lines
+from sbert_cli.data.text_input import check_input_files, check_text, is_regular, open_binary, read_lines
 from sbert_cli.errors import ConfigError, DataError
 
 SCHEMES = ("BIO", "IOB1", "BIOES", "BMES", "jsonl", "cluener")
@@ -67,7 +67,11 @@ def read_ner_file(path: str | Path, labels: list[str] | None = None) -> NerData:
     """Entity examples of a CoNLL, JSONL or CLUENER file (found from its first line). With `labels` (the
     training file's types, for dev and test files) a type outside them is an error naming its line."""
     path = check_input_files([Path(path)])[0]
-    first = next((line for _, line in _lines(path) if line.strip()), None)
+    cached = None if is_regular(path) else list(_lines(path))  # a FIFO or <(cmd) is read once: keep its lines
+
+    def lines() -> Iterator[tuple[int, str]]:  # a CoNLL file is read twice: to detect the scheme, then to read
+        return _lines(path) if cached is None else iter(cached)
+    first = next((line for _, line in lines() if line.strip()), None)
     if first is None:
         raise DataError(f"{path}: no sentences; write one `TOKEN TAG` per line, or JSONL with text and entities")
     known = None if labels is None else set(labels)
@@ -78,10 +82,10 @@ def read_ner_file(path: str | Path, labels: list[str] | None = None) -> NerData:
                             f"({', '.join(labels)}); fix the tag or train with it")
 
     if _is_json_object(first):
-        examples, scheme = _read_json(path, check_label)
+        examples, scheme = _read_json(path, lines, check_label)
         cut = []
     else:
-        examples, scheme, cut = _read_conll(path, check_label)
+        examples, scheme, cut = _read_conll(path, lines, check_label)
     if not examples:
         raise DataError(f"{path}: no sentences; write one `TOKEN TAG` per line, or JSONL with text and entities")
     if labels is not None:
@@ -109,11 +113,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot read the file ({e})") from None
 
 
-def _conll_sentences(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
+def _conll_sentences(path: Path, lines) -> Iterator[tuple[int, list[str], list[str]]]:
     """Sentences as (first line, tokens, tags); token i is on line first + i."""
     tag_strings: dict[str, str] = {}  # one string object per distinct tag: MSRA has 2 million tag lines
     first, tokens, tags = 0, [], []
-    for number, line in _lines(path):
+    for number, line in lines():
         fields = line.split(" ")  # the common `TOKEN TAG`; anything else goes through the regular expression
         if len(fields) != 2 or not fields[0] or not fields[1]:
             fields = _FIELDS.split(line.strip(" \t"))
@@ -166,11 +170,11 @@ def _scheme_evidence(sentences: Iterable[Sequence[str]]) -> tuple[str, bool]:
     return ("IOB1" if i_starts and not b_starts else "BIO"), i_starts and b_starts
 
 
-def _read_conll(path: Path, check_label) -> tuple[list[NerExample], str, list[str]]:
-    scheme, mixed = _scheme_evidence(tags for _, _, tags in _conll_sentences(path))
+def _read_conll(path: Path, lines, check_label) -> tuple[list[NerExample], str, list[str]]:
+    scheme, mixed = _scheme_evidence(tags for _, _, tags in _conll_sentences(path, lines))
     examples = []
     cut: list[str] = []
-    for first, tokens, tags in _conll_sentences(path):
+    for first, tokens, tags in _conll_sentences(path, lines):
         text, starts = _join_tokens(tokens)
         edge_cuts: list[int] = []
         try:
@@ -295,10 +299,10 @@ def file_tags_from_spans(spans: Sequence[tuple[int, int, str]], n_tokens: int, s
     return tags
 
 
-def _read_json(path: Path, check_label) -> tuple[list[NerExample], str]:
+def _read_json(path: Path, lines, check_label) -> tuple[list[NerExample], str]:
     examples: list[NerExample] = []
     layout = None
-    for number, line in _lines(path):
+    for number, line in lines():
         if not line.strip():
             continue
         where = f"{path}:{number}"
