@@ -165,7 +165,7 @@ def default_recipe(args, examples: int) -> dict:
     from sbert_cli.model.config import BertConfig
     from sbert_cli.tasks.classification import ClassifierOptions
     from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, WARMUP_RATIO, choose_lr
-    from sbert_cli.train.loop import TrainConfig
+    from sbert_cli.train.types import TrainConfig
 
     config = TrainConfig(out_dir=Path("unused"))
     hidden = BertConfig.from_json(args.model / "config.json").hidden_size

@@ -99,7 +99,8 @@ def time_steps(step, batches: list[list[int]], device: torch.device) -> float:
 
 def sbert_run(task_name, model_dir, task, batches, device, precision, scratch: Path) -> float:
     from sbert_cli.model.model_dir import load_for_task
-    from sbert_cli.train.loop import TrainConfig, Trainer
+    from sbert_cli.train.loop import Trainer
+    from sbert_cli.train.types import TrainConfig
 
     model = load_for_task(model_dir, task_name).model
     config = TrainConfig(out_dir=scratch / "unused", batch_size=len(batches[0]), max_steps=len(batches), lr=2e-5,

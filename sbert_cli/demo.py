@@ -240,7 +240,7 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.fill_mask import run_fill_mask
     from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
-    from sbert_cli.train.loop import TrainConfig
+    from sbert_cli.train.types import TrainConfig
 
     s = settings
     data_dir = out_dir / "data"

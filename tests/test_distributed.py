@@ -19,7 +19,7 @@ from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.errors import ResumeError
 from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
-from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.types import TrainConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

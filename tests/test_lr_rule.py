@@ -20,7 +20,7 @@ from sbert_cli.tasks.lr_rule import (
     situation_of,
     with_chosen_lr,
 )
-from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.types import TrainConfig
 
 
 @pytest.mark.parametrize(

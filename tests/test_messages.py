@@ -13,7 +13,7 @@ import pytest
 
 from sbert_cli.cli.app import app, in_flags
 from sbert_cli.errors import ConfigError
-from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.types import TrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sbert_cli"
 FLAG = re.compile(r"--[a-z][a-z0-9-]*")

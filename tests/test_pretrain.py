@@ -144,7 +144,7 @@ def test_held_out_figures_equal_sbert_eval_on_the_same_sequences(tmp_path, unmas
     and `sbert eval` of the same data on the same model report the same figures."""
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
-    from sbert_cli.train.loop import TrainConfig
+    from sbert_cli.train.types import TrainConfig
 
     options = PretrainOptions(data=unmasked_data, config_name="tiny", dynamic_masking=True, eval_data=unmasked_data)
     config = TrainConfig(out_dir=tmp_path / "run", max_steps=2, epochs=None, batch_size=8, lr=1e-3, plot=False,

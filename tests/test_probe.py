@@ -17,7 +17,7 @@ from sbert_cli.tasks.probe import (
     probe_verdict,
     unigram_guesses,
 )
-from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.types import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

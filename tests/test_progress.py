@@ -7,7 +7,7 @@ import io
 import torch
 from rich.console import Console
 
-from sbert_cli.cli.progress import training_progress
+from sbert_cli.cli.progress import TrainingProgress
 
 
 class FakeCpuUse:
@@ -22,7 +22,7 @@ def _run(monkeypatch, busy: float, threads: int, cores: int = 2) -> str:
     monkeypatch.setattr("sbert_cli.model.precision.usable_cpus", lambda: cores)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     out = io.StringIO()
-    progress = training_progress(Console(file=out, width=300, soft_wrap=True))
+    progress = TrainingProgress(Console(file=out, width=300, soft_wrap=True))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -18,7 +18,7 @@ from sbert_cli.errors import ResumeError
 from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
 from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
-from sbert_cli.train.loop import TrainConfig
+from sbert_cli.train.types import TrainConfig
 from sbert_cli.train.state import checkpoint_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

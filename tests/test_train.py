@@ -13,7 +13,8 @@ from sbert_cli.model.bert import build_model
 from sbert_cli.model.config import preset
 from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
 from sbert_cli.cli.train import resume_command
-from sbert_cli.train.loop import TrainConfig, lr_factor, optimizer_groups
+from sbert_cli.train.loop import lr_factor, optimizer_groups
+from sbert_cli.train.types import Task, TrainConfig
 from sbert_cli.train.state import check_run_dir, checkpoint_dirs, latest_checkpoint, load_trainer_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,11 +61,37 @@ def test_no_weight_decay_on_biases_and_layer_norm():
         (dict(schedule="step"), "`schedule` 'step'"),
         (dict(lr=-1.0), "`lr` must be a positive number"),
         (dict(warmup_ratio=1.5), "`warmup_ratio`"),
+        (dict(warmup_ratio=None), "`warmup_ratio` must be given, not None"),
+        (dict(batch_size=None), "`batch_size` must be given, not None"),
     ],
 )
-def test_config_validation(tmp_path, changes, message):
+def test_config_is_refused_when_constructed_naming_the_field(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(out_dir=tmp_path, **changes).validate()
+        TrainConfig(out_dir=tmp_path, **changes)
+
+
+def test_a_config_with_only_an_lr_trains_and_one_without_is_refused_by_the_trainer(tmp_path):
+    from sbert_cli.train.loop import Trainer
+
+    config = TrainConfig(out_dir=tmp_path, lr=2e-5, max_steps=20)  # as benchmarks build it: warmup_ratio has a value
+    assert config.warmup_ratio == 0.1
+    assert Trainer(torch.nn.Linear(2, 2), _ConstantTask(), config, device=torch.device("cpu"), precision="fp32").warmup_steps == 2
+    with pytest.raises(ConfigError, match="`lr` is None"):
+        Trainer(torch.nn.Linear(2, 2), _ConstantTask(), TrainConfig(out_dir=tmp_path), device=torch.device("cpu"), precision="fp32")
+
+
+class _ConstantTask(Task):
+    model_task = "cls"
+    tokenizer = None
+
+    def train_lengths(self):
+        return [4] * 20
+
+    def train_batch(self, indices, epoch):
+        raise NotImplementedError
+
+    def loss_sum(self, model, batch):
+        raise NotImplementedError
 
 
 def test_run_dir_rules(tmp_path):
@@ -137,3 +164,12 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, small_data, hf_mlm_dir):
     assert result.train.precision == "bf16" and math.isfinite(result.train.last_eval["loss"])
     weights = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
+
+
+def test_the_shared_training_types_and_the_progress_bar_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, sbert_cli.train.types, sbert_cli.cli.progress; sys.exit('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

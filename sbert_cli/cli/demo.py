@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.progress import training_progress
+from sbert_cli.cli.progress import TrainingProgress
 from sbert_cli.cli.options import THREADS_HELP, set_threads
 from sbert_cli.demo import (  # no torch at its top: `sbert --help` stays fast
     DEFAULT_OUT,
@@ -67,7 +67,7 @@ def demo_command(
         if command:
             console.print(f"[dim]same as: {escape(command)}[/]", soft_wrap=True)
 
-    report = run_demo(out, settings, force=force, training_callbacks=lambda: training_progress(console),
+    report = run_demo(out, settings, force=force, training_callbacks=lambda: TrainingProgress(console),
                       on_stage_start=started, on_stage_end=_render_stage)
     _render_summary(report)
 

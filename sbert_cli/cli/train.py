@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, set_threads, with_options
-from sbert_cli.cli.progress import training_progress
+from sbert_cli.cli.progress import TrainingProgress
 from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, LABEL_SMOOTHING, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
 
 ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
@@ -27,7 +27,7 @@ def _train_config(parameters: dict):
 
     set_threads(parameters["threads"])
 
-    from sbert_cli.train.loop import TrainConfig
+    from sbert_cli.train.types import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     options = {k: v for k, v in parameters.items() if k in names}
@@ -37,6 +37,8 @@ def _train_config(parameters: dict):
         options["epochs"] = None
     elif options["epochs"] is None:
         options["epochs"] = 3
+    if options["warmup_ratio"] is None:
+        del options["warmup_ratio"]  # TrainConfig's default
     return TrainConfig(**options)
 
 
@@ -105,7 +107,7 @@ def train_cls(
         label_smoothing=label_smoothing,
     )
     main = is_main_process()
-    result = train_classifier(options, config, training_progress(console) if main else None)
+    result = train_classifier(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
     _print_run_summary(result.train)
@@ -160,7 +162,7 @@ def pretrain(
         masked_lm_prob=masked_lm_prob, max_predictions=max_predictions, eval_data=eval_data, eval_fraction=eval_fraction,
     )
     main = is_main_process()
-    result = run_pretrain(options, config, training_progress(console) if main else None)
+    result = run_pretrain(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
     _print_run_summary(result.train)

@@ -22,8 +22,9 @@ from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
 from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
-from sbert_cli.train.loop import Batch, Callbacks, Task, TrainConfig, TrainResult, train
+from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir, kept_model_dir
+from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
 if TYPE_CHECKING:
     from sbert_cli.tasks.evaluate import ClassificationEvaluation
@@ -233,7 +234,6 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
 
     validate_options(options)
-    config.validate()
     reads = (options.model,) if options.config_name is None and options.model and Path(options.model).is_dir() else ()
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
     splits = read_splits(options)
@@ -264,7 +264,7 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
                 "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,
                 "max_seq_len": options.max_seq_len, "metric": options.metric, "pooling": model.config.classifier_pooling,
                 "label_smoothing": options.label_smoothing, "lr_choice": lr_choice.to_json()}
-    result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch, reads=reads)
+    result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch)
     out = ClassifierResult(result, label_names, None, new_head=new_head)
     if not env.is_main or result.interrupted:
         return out

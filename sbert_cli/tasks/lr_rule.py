@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-WARMUP_RATIO = 0.1
+from sbert_cli.train.types import WARMUP_RATIO  # every rule's warmup: TrainConfig's default
 
 # train-cls's training targets: 0.1 spread evenly over the labels, the rest on the gold one (0.91 and 0.01 each
 # with 10 labels). Not a learning rate, but the same kind of measured default, kept here torch-free for --help.
@@ -96,10 +96,8 @@ def choose_lr(task: str, hidden_size: int, from_scratch: bool, fresh: list[str])
 
 
 def with_chosen_lr(config, task: str, hidden_size: int, from_scratch: bool, fresh: list[str]):
-    """(config with lr and warmup_ratio filled in where they were None, the LrChoice for the run's lines and run.json)."""
+    """(config with lr filled in where it was None, the LrChoice for the run's lines and run.json)."""
     chosen = config.lr is None
     lr = choose_lr(task, hidden_size, from_scratch, fresh) if chosen else config.lr
-    # --warmup-steps, when given, overrides the ratio in the loop; the ratio is still filled in.
-    warmup_ratio = WARMUP_RATIO if config.warmup_ratio is None else config.warmup_ratio
-    choice = LrChoice(lr, warmup_ratio, situation_of(task, from_scratch, fresh), chosen)
-    return dataclasses.replace(config, lr=lr, warmup_ratio=warmup_ratio), choice
+    choice = LrChoice(lr, config.warmup_ratio, situation_of(task, from_scratch, fresh), chosen)
+    return dataclasses.replace(config, lr=lr), choice

@@ -28,8 +28,9 @@ from sbert_cli.data.shards import MLMShards, vocab_sha256
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.tasks.lr_rule import with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
-from sbert_cli.train.loop import Batch, Callbacks, Task, TrainConfig, TrainResult, train
+from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir, kept_model_dir
+from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
 IGNORE = -100  # label of a padded prediction: weight 0 in the loss
 TRAIN_STREAM, EVAL_STREAM = 0, 1  # keep training and evaluation masks in separate random streams
@@ -248,7 +249,6 @@ def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks
     from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
 
     validate_options(options)
-    config.validate()
     reads = tuple(p for p in (options.data, options.eval_data, options.model) if p is not None and Path(p).is_dir())
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)
     shards = MLMShards(options.data)
@@ -300,7 +300,7 @@ def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks
     run_info = {"model": options.model, "config": options.config_name, "data": str(options.data),
                 "eval_data": str(options.eval_data) if options.eval_data else None, "eval_fraction": options.eval_fraction,
                 "dynamic_masking": options.dynamic_masking, "lr_choice": lr_choice.to_json()}
-    result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch, reads=reads)
+    result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch)
     out = Path(config.out_dir)
     model_dir = kept_model_dir(out)
     return PretrainResult(result, None if result.interrupted else model_dir, new_head)

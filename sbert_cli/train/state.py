@@ -23,7 +23,7 @@ from sbert_cli.outputs import OutputDir
 from sbert_cli.plots import CURVES_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
-    from sbert_cli.train.loop import Task
+    from sbert_cli.train.types import Task
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 1
