@@ -81,11 +81,11 @@ class LrChoice:
 
 
 def situation_of(task: str, from_scratch: bool, fresh: list[str]) -> str:
-    """SCRATCH, FINE_TUNE (train-cls from a checkpoint), NEW_HEAD or CONTINUE (pretrain from a checkpoint)."""
+    """SCRATCH, FINE_TUNE (train-cls or train-ner from a checkpoint), NEW_HEAD or CONTINUE (pretrain from a checkpoint)."""
     if from_scratch:
         return SCRATCH
-    if task == "cls":
-        return FINE_TUNE  # whether or not the classifier is new: a pretrained encoder sets the pace
+    if task in ("cls", "ner"):
+        return FINE_TUNE  # whether or not the classifier (or tagger) is new: a pretrained encoder sets the pace
     return NEW_HEAD if any(name.startswith("mlm_head.") for name in fresh) else CONTINUE
 
 

@@ -52,18 +52,29 @@ from sbert_cli.train.types import LOWER_IS_BETTER, Batch, Callbacks, Task, Train
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices and embeddings, none on biases and LayerNorm."""
+def optimizer_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None,
+                     lr: float | None = None) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices and embeddings, none on biases and LayerNorm. Parameters named
+    with a prefix of `lr_scales` (Task.lr_scales) get groups of their own after these two, at `lr` times the scale."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if isinstance(module, nn.LayerNorm) or name == "bias":
                 no_decay.add(id(param))
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    scaled = {prefix: [p for name, p in named if name.startswith(prefix)] for prefix in (lr_scales or {})}
+    taken = {id(p) for members in scaled.values() for p in members}
+    params = [p for _, p in named if id(p) not in taken]
+    groups = [
         {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
     ]
+    for prefix, members in scaled.items():
+        for decay in (True, False):
+            part = [p for p in members if (id(p) not in no_decay) == decay]
+            if part:
+                groups.append({"params": part, "weight_decay": weight_decay if decay else 0.0, "lr": lr * lr_scales[prefix]})
+    return groups
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -171,7 +182,7 @@ class Trainer:
 
         self.model = model.to(device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(optimizer_groups(model, config.weight_decay), lr=config.lr,
+        self.optimizer = torch.optim.AdamW(optimizer_groups(model, config.weight_decay, task.lr_scales(), config.lr), lr=config.lr,
                                            betas=(0.9, 0.999), eps=1e-8, fused=device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.warmup_steps, self.total_steps, config.schedule))

@@ -151,6 +151,10 @@ class Task(ABC):
         """Extra sbert.json fields for saved model dirs."""
         return {}
 
+    def lr_scales(self) -> dict[str, float]:
+        """Parameter-name prefixes trained at a multiple of the peak lr (a tagger's CRF: {"crf.": 100})."""
+        return {}
+
 
 @dataclass
 class TrainResult:
