@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from sbert_cli.errors import ConfigError, ResumeError
+from sbert_cli.errors import ConfigError, OutputError, ResumeError, os_error_message
 from sbert_cli.outputs import OutputDir
 from sbert_cli.plots import CURVES_FILE, METRICS_FILE
 
@@ -119,13 +120,22 @@ def write_checkpoint(outputs: OutputDir, model: nn.Module, task: Task, trainer_s
     name = f"step-{trainer_state['step']:07d}"
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint",
-                   extra_meta={"step": trainer_state["step"], **task.save_meta()})
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(trainer_state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    try:
+        save_model_dir(model, tmp, task.tokenizer, task.model_task, source="sbert checkpoint",
+                       extra_meta={"step": trainer_state["step"], **task.save_meta()})
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk; torch.save and safetensors wrap the OSError
+        shutil.rmtree(tmp, ignore_errors=True)  # the run stays resumable from its last whole checkpoint
+        if isinstance(e, RuntimeError) and "writ" not in str(e).lower():
+            raise
+        reason = os_error_message(e, root / name) if isinstance(e, OSError) else f"{root / name}: cannot write ({_first_line(e)})"
+        advice = ("continue from the last checkpoint with `resume` (free space first)" if checkpoint_dirs(outputs.path)
+                  else "start over with `force` once there is room")
+        raise OutputError(f"{reason}; {advice}") from None
     final = outputs.replace(tmp, f"checkpoints/{name}")
     _fsync_dir(root)
     for old in checkpoint_dirs(outputs.path)[:-keep_last]:
