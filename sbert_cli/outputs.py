@@ -35,7 +35,8 @@ from typing import IO, Iterable, Iterator
 from sbert_cli.errors import ConfigError, OutputError, os_error_message
 
 MANIFEST = ".sbert-outputs.json"
-OWN_FILES = (MANIFEST,)
+PROBE_CACHE = ".sbert-mlm-probe.json"  # a model dir's MLM-head verdict (tasks/probe.py): bookkeeping, not a result
+OWN_FILES = (MANIFEST, PROBE_CACHE)
 TEMP_MARKERS = (".tmp-", ".old-")  # `.NAME.tmp-PID` / `.NAME.old-PID`: sbert's half-written or half-replaced entries
 
 

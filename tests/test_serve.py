@@ -141,7 +141,7 @@ def test_every_endpoint_answers_as_the_cli_does(service, both_heads_dir):
         assert status == 200 and np.allclose(pooled[0]["embedding"], expected, atol=1e-6)
 
         status, _, docs = request(port, "GET", "/docs")
-        assert status == 200 and "swagger" in docs.lower()
+        assert status == 200 and "POST /embed" in docs  # the built-in page (test_serve_limits: offline)
         status, _, schema = request(port, "GET", "/openapi.json")
         assert {"/embed", "/predict", "/fill-mask", "/health", "/info"} <= set(schema["paths"])
 
@@ -240,6 +240,7 @@ def test_concurrent_clients_get_their_own_results_in_batches(service):
 
 def test_a_failing_text_fails_only_its_own_request(service):
     counting = CountingService(service)
+    counting.work = lambda kind, options, texts: 0  # admission would refuse the long text; let the model meet it
     with running(counting, max_wait_ms=200) as (port, _):
         bodies = [{"texts": ["北" * 300 + "[MASK]"]}] + [{"texts": [f"第{i}个：北京是[MASK]国的首都。"]} for i in range(5)]
         with ThreadPoolExecutor(6) as pool:

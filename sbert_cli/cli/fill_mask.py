@@ -44,14 +44,15 @@ def fill_mask_command(
     """
     import sys
 
-    from sbert_cli.cli.app import err_console
+    from sbert_cli.cli.app import err_console, in_flags
     from sbert_cli.tasks.fill_mask import SkippedTexts, iter_masked_texts, stream_fill_mask
 
     items = iter_masked_texts(texts or [], file)  # a missing input fails before the model loads
     set_threads(threads)
     skipped = SkippedTexts()
     results = stream_fill_mask(model, items, top_k=top_k, joint=joint, batch_size=batch_size, device=device,
-                               precision=precision, truncate=truncate, on_bad_lines=on_bad_lines, skipped=skipped)
+                               precision=precision, truncate=truncate, on_bad_lines=on_bad_lines, skipped=skipped,
+                               on_note=lambda note: err_console.print(in_flags(note), markup=False, soft_wrap=True))
     for result in results:
         if as_json:
             sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")

@@ -264,7 +264,7 @@ def load_for_task(
     head_missing = [k for k in initialized if not k.startswith(("pooler.", "bert.pooler."))]
     if head_missing and not allow_new_head:
         what = {"mlm": "masked-LM head (cls.predictions.*)", "cls": "classification head", "ner": "tagging head"}.get(task, "head")
-        trainer = {"mlm": "sbert pretrain --model ...", "cls": "sbert train-cls --model ...",
+        trainer = {"mlm": mlm_head_recipe(ck.path), "cls": "sbert train-cls --model ...",
                    "ner": "sbert train-ner --model ..."}.get(task, "sbert pretrain")
         raise ModelLoadError(
             f"{ck.path}: has no {what}; it cannot predict with it. Train one ({trainer}) "
@@ -273,6 +273,12 @@ def load_for_task(
     net.load_state_dict(state, strict=False)
     net.eval()
     return LoadedModel(net, ck, initialized)
+
+
+def mlm_head_recipe(model: str | Path) -> str:
+    """The whole recipe for a trained MLM head on `model`, in CLI words: data first, then pretraining."""
+    return (f"sbert make-mlm-data YOUR_TEXT.txt --model {model} --no-mask --out mlm-data, then sbert pretrain "
+            f"--model {model} --data mlm-data --dynamic-masking --out runs/mlm; runs/mlm/best then has the head")
 
 
 def build_or_load(

@@ -1,15 +1,20 @@
 """The HTTP app of `sbert serve`: create_app (FastAPI routes over a ModelService and a DynamicBatcher), the request
-and answer models (EmbedRequest, PredictRequest, FillMaskRequest, Embedding, Label, LabelledText, ErrorMessage),
-the request-body limit (_BodyLimit, 413) and the one-line JSON errors (ERROR_RESPONSES, RETRY_AFTER_S)."""
+and answer models (EmbedRequest, PredictRequest, FillMaskRequest, NerRequest, Embedding, Label, LabelledText,
+FoundEntity, TaggedText, ErrorMessage),
+the request-body limit (_BodyLimit, 413), the one-line JSON errors (ERROR_RESPONSES, RETRY_AFTER_S), JSON answers that
+survive lone surrogates (_JSON) and the offline /docs page (_docs_page)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -39,6 +44,10 @@ class FillMaskRequest(_Request):
     joint: bool = Field(False, description="Decode each run of consecutive [MASK]s as one word.")
 
 
+class NerRequest(_Request):
+    pass
+
+
 class Embedding(BaseModel):
     text: str
     embedding: list[float]
@@ -52,6 +61,19 @@ class Label(BaseModel):
 class LabelledText(BaseModel):
     text: str
     labels: list[Label]
+
+
+class FoundEntity(BaseModel):
+    text: str = Field(description="texts[i][start:end]")
+    label: str
+    start: int = Field(description="Character offset of the first character.")
+    end: int = Field(description="Character offset after the last character (exclusive).")
+    score: float = Field(description="Mean probability of the entity's tags over its words.")
+
+
+class TaggedText(BaseModel):
+    text: str
+    entities: list[FoundEntity]
 
 
 class ErrorMessage(BaseModel):
@@ -96,8 +118,45 @@ class _BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class _JSON(JSONResponse):
+    """JSON as UTF-8, or with \\u escapes when a text holds a lone surrogate (JSON may carry "\\ud800", which has no
+    UTF-8 form): the text comes back as it was sent, never as a 500."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return _JSON({"error": message}, status_code=status, headers=headers)
+
+
+def _docs_page(app: FastAPI) -> str:
+    """GET /docs: the endpoints, their fields and answers as a plain page, built from the OpenAPI schema; nothing
+    is fetched from elsewhere, so it works offline (FastAPI's default page loads swagger-ui from a CDN)."""
+    from html import escape
+
+    schema = app.openapi()
+    models = schema.get("components", {}).get("schemas", {})
+    parts = [f"<h1>{escape(schema['info']['title'])} {escape(schema['info']['version'])}</h1>",
+             f"<p>{escape(schema['info'].get('description', ''))}</p>",
+             '<p>The full schema: <a href="/openapi.json">/openapi.json</a>. Errors are <code>{"error": "..."}</code> '
+             "with a 4xx status (503 with Retry-After when the queue is full).</p>"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            parts.append(f"<h2><code>{method.upper()} {escape(path)}</code></h2><p>{escape(operation.get('summary', ''))}</p>")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            fields = models.get(body.get("$ref", "").rsplit("/", 1)[-1], {}).get("properties", {})
+            if fields:
+                rows = "".join(f"<tr><td><code>{escape(name)}</code></td><td>{escape(str(field.get('default', 'required')))}"
+                               f"</td><td>{escape(field.get('description', ''))}</td></tr>" for name, field in fields.items())
+                parts.append(f"<table><tr><th>field</th><th>default</th><th>meaning</th></tr>{rows}</table>")
+            codes = ", ".join(f"{code} {escape(answer.get('description', ''))}" for code, answer in operation.get("responses", {}).items())
+            parts.append(f"<p>Answers: {codes}</p>")
+    style = "body{font-family:sans-serif;max-width:50em;margin:2em auto}td,th{padding:.2em .6em;text-align:left;vertical-align:top}"
+    return f"<!doctype html><html><head><meta charset=utf-8><title>sbert serve</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
 def _validation_message(error: RequestValidationError) -> tuple[int, str]:
@@ -114,7 +173,7 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str]:
 ERROR_RESPONSES = {
     400: {"model": ErrorMessage, "description": "Invalid JSON"},
     404: {"model": ErrorMessage, "description": "The model has no head for this endpoint"},
-    413: {"model": ErrorMessage, "description": "Request body too large"},
+    413: {"model": ErrorMessage, "description": "Request body too large, or more work than one request may ask (max_work)"},
     422: {"model": ErrorMessage, "description": "Wrong types, empty or too many texts, bad text"},
     503: {"model": ErrorMessage, "description": "Queue full; retry after the Retry-After seconds"},
 }
@@ -128,14 +187,19 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     options.validate()
     batcher = DynamicBatcher(service.run, options.max_batch_size, options.max_wait_ms / 1000, options.max_queue)
 
+    # Requests are weighed (service.work) in one thread of their own, beside the model's: a refusal never waits
+    # for a running batch, and the event loop never tokenizes.
+    admission = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbert-admission")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
         yield
         await batcher.stop()
+        admission.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
-        title="sbert", version=__version__, lifespan=lifespan,
+        title="sbert", version=__version__, lifespan=lifespan, default_response_class=_JSON, docs_url=None, redoc_url=None,
         description=f"Model `{service.model_name}` (heads: {', '.join(service.heads) or 'none'}). "
         "Each answer is a JSON array with one object per text, in the order of `texts`.",
     )
@@ -165,13 +229,23 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
             if not text.strip():
                 return _error(422, f"texts[{i}]: empty text")
         try:
+            work = await asyncio.get_running_loop().run_in_executor(admission, service.work, kind, options_key, texts)
+        except SbertError as e:
+            return _error(422, str(e))
+        if work > options.max_work:
+            fewer = {"fill-mask": ", fewer [MASK]s or a lower top_k" + (", or no joint" if options_key[-1] else "")}.get(kind, "")
+            return _error(413, f"this request asks the model for {work:,} units of work (tokens it runs plus answers it "
+                               f"returns), more than the {options.max_work:,} one request may; send fewer or shorter texts{fewer}")
+        try:
             results = await batcher.submit(kind, options_key, texts)
         except QueueFull:
             return _error(503, f"the queue is full ({options.max_queue} texts waiting); retry shortly",
                           {"Retry-After": str(RETRY_AFTER_S)})
         except SbertError as e:
             return _error(422, str(e))
-        return JSONResponse(results)
+        except asyncio.CancelledError:  # uvicorn cancels what is left when the graceful time on a stop signal is over
+            return _error(503, "the server stopped before this request was answered; send it again once it runs")
+        return _JSON(results)
 
     def head_missing(endpoint: str, what: str, how: str) -> JSONResponse:
         return _error(404, f"{endpoint}: the model {service.model_name} has no {what}; {how}")
@@ -184,7 +258,7 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     async def info() -> dict:
         return {**service.info(), "batching": {"max_batch_size": options.max_batch_size, "max_wait_ms": options.max_wait_ms,
                                                 "max_queue": options.max_queue, "max_texts": options.max_texts,
-                                                "max_body_bytes": options.max_body_bytes}}
+                                                "max_body_bytes": options.max_body_bytes, "max_work": options.max_work}}
 
     @app.post("/embed", summary="Sentence embeddings", response_model=list[Embedding], responses=ERROR_RESPONSES)
     async def embed(request: EmbedRequest):
@@ -204,9 +278,17 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     async def fill_mask(request: FillMaskRequest):
         if service.mlm is None:
             return head_missing("/fill-mask", "masked-LM head", "use a checkpoint that ships one or train it with sbert pretrain")
-        for i, text in enumerate(request.texts):
-            if "[MASK]" not in text:
-                return _error(422, f"texts[{i}]: no [MASK] in {text[:80]!r}; write [MASK] where a token should be predicted")
         return await answer("fill-mask", (request.top_k, request.joint), request.texts)
+
+    @app.post("/ner", summary="Named entities: character spans with types and scores", response_model=list[TaggedText],
+              responses=ERROR_RESPONSES, include_in_schema=service.tagger is not None)
+    async def ner(request: NerRequest):
+        if service.tagger is None:
+            return head_missing("/ner", "tagging head", "train one with sbert train-ner")
+        return await answer("ner", (), request.texts)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page(app))
 
     return app

@@ -46,12 +46,22 @@ class DynamicBatcher:
     pending_texts: int = 0
     running_texts: int = 0
 
+    @property
+    def abandoned_texts(self) -> int:
+        """Texts of a model call still running in the worker thread: after stop(), work that will never be answered."""
+        running = getattr(self, "_running", None)
+        return self.running_texts if running is not None and not running.done() else 0
+
     async def start(self) -> None:
+        self._running = None  # the worker thread's current call (a concurrent.futures.Future)
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbert-inference")
         self._worker = asyncio.create_task(self._work(), name="sbert-batcher")
 
     async def stop(self) -> None:
+        """Stop taking jobs and fail those still waiting. A model call still running is not waited for: a thread
+        cannot be interrupted, and uvicorn has already given in-flight requests their graceful time. `running_texts`
+        then says how much work is abandoned; runner.serve ends the process in that case."""
         self._worker.cancel()
         try:
             await self._worker
@@ -61,7 +71,7 @@ class DynamicBatcher:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         self.pending.clear()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, kind: str, options: tuple, texts: list[str]) -> list:
         """The results for `texts`, in order; QueueFull when max_queue texts are already waiting."""
@@ -91,7 +101,8 @@ class DynamicBatcher:
             jobs = self._take()
             for group in _groups(jobs):
                 self.running_texts = sum(len(job.texts) for job in group)
-                outcomes = await loop.run_in_executor(self._executor, self._run_group, group)
+                self._running = self._executor.submit(self._run_group, group)
+                outcomes = await asyncio.wrap_future(self._running)
                 self.running_texts = 0
                 for job, outcome in zip(group, outcomes):
                     if job.future.done():

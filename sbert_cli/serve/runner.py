@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -36,12 +38,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _half_close_protocol():
+    """uvicorn's h11 protocol, except that a client which shuts down its sending side after a complete request
+    (`shutdown(SHUT_WR)`, `nc -N`) still gets the answer: the connection closes after it, not at once."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HalfCloseProtocol(H11Protocol):
+        def eof_received(self):
+            cycle = self.cycle
+            if cycle is not None and not cycle.more_body and not cycle.response_complete:
+                cycle.keep_alive = False  # answer, then close
+                return True  # keep the transport open for writing
+            return None  # nothing asked, or the request is cut short: close, as before
+
+    return HalfCloseProtocol
+
+
 def make_server(app: FastAPI, graceful_timeout_s: float = 30.0, on_started: Callable[[], None] | None = None):
     """A uvicorn server for `app`; `server.run(sockets=[sock])` serves until SIGINT/SIGTERM.
 
     On a signal (or `server.handle_exit(signal.SIGTERM, None)` from another thread) it stops accepting
-    connections, lets in-flight requests finish (at most graceful_timeout_s), shuts the batcher down,
-    and returns normally: the process exits 0.
+    connections, lets in-flight requests finish (at most graceful_timeout_s; a second Ctrl-C stops waiting),
+    shuts the batcher down without waiting for a model call still running, and returns.
     """
     import uvicorn
 
@@ -53,12 +71,17 @@ def make_server(app: FastAPI, graceful_timeout_s: float = 30.0, on_started: Call
                 self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
             self.should_exit = True
 
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            if self.force_exit and self.started:
+                await self.lifespan.shutdown()  # uvicorn skips it when forced; the batcher must still stop (it is quick)
+
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started and on_started is not None:
                 on_started()
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=_half_close_protocol(),
                             timeout_graceful_shutdown=graceful_timeout_s, server_header=False)
     return Server(config)
 
@@ -71,7 +94,12 @@ def serve(
     on_started: Callable[[ModelService, str], None] | None = None,
     **model_options,
 ) -> None:
-    """Load `model`, listen on host:port and serve until SIGINT/SIGTERM. model_options go to ModelService."""
+    """Load `model`, listen on host:port and serve until SIGINT/SIGTERM. model_options go to ModelService.
+
+    Returns once stopped, unless a model call still runs after the graceful time (options.graceful_timeout_s):
+    a thread cannot be interrupted and Python would wait for it at exit, so the process then says how many texts
+    it abandons and ends at once with exit code 1.
+    """
     options = options or ServeOptions()
     options.validate()
     sock = bind_socket(host, port)  # before loading: a taken port fails in a second, not after the model loads
@@ -85,5 +113,12 @@ def serve(
         server.run(sockets=[sock])
         if not server.started:
             raise ConfigError(f"the server on {url} did not start; see the messages above")
+        abandoned = app.state.batcher.abandoned_texts
+        if abandoned:
+            sock.close()
+            sys.stderr.write(f"stopped after the graceful {options.graceful_timeout_s:g} s with a model call of "
+                             f"{abandoned} text{'s' if abandoned != 1 else ''} still running; abandoned it\n")
+            sys.stderr.flush()
+            os._exit(1)
     finally:
         sock.close()

@@ -3,9 +3,10 @@
 In it: the result types (Candidate, MaskPrediction, FillMaskResult; WordCandidate, SpanPrediction, JointFillResult);
 reading input (iter_masked_texts, read_masked_texts); masked_topk (top-k ids at given positions, batched by length
 and bounded by MAX_LOGITS_PER_PASS: also the probe's scorer); fill_mask / fill_mask_joint on a loaded model, with
-the beam search over wordpieces (JOINT_BEAM_WIDTH, mask_spans, join_wordpieces, is_cjk); run_fill_mask and
-stream_fill_mask (load a model and fill texts, a chunk at a time, skipping bad texts into SkippedTexts);
-check_fill_options.
+the beam search over wordpieces (JOINT_BEAM_WIDTH, mask_spans, join_wordpieces, is_cjk) and its bounds
+(MAX_JOINT_SPAN, MAX_JOINT_WORK, check_joint_search); the work of a fill (fill_cost, fill_work: what serve weighs a
+request by); run_fill_mask and stream_fill_mask (load a model and fill texts, a chunk at a time, skipping bad texts
+into SkippedTexts); check_fill_options.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -147,12 +148,18 @@ def _encode_masked(
     check_fill_options(top_k, joint, model.config.vocab_size)
     origins = _default_origins(texts, origins)
     max_length = model.config.max_position_embeddings
-    return [_fit(ids, text, origin, tokenizer, max_length) for ids, text, origin in zip(tokenizer.encode(texts), texts, origins)]
+    return [_fit(ids, text, origin, tokenizer, max_length, joint_top_k=top_k if joint else None)
+            for ids, text, origin in zip(tokenizer.encode(texts), texts, origins)]
 
 
-def _fit(ids: list[int], text: str, origin: str, tokenizer: BertTokenizer, max_length: int, truncate: bool = False) -> list[int]:
+TOO_LONG_FIXES = "shorten the text, or pass `truncate` (or `on_bad_lines` skip)"
+
+
+def _fit(ids: list[int], text: str, origin: str, tokenizer: BertTokenizer, max_length: int, truncate: bool = False,
+         joint_top_k: int | None = None, fixes: str = TOO_LONG_FIXES) -> list[int]:
     """The ids the model reads, or a DataError naming the text: it has no [MASK], or more tokens than the model
-    has positions (with truncate: it is cut to fit, and an error only when that cuts off every [MASK])."""
+    has positions (with truncate: it is cut to fit, and an error only when that cuts off every [MASK]; `fixes`:
+    what the message advises), or (joint_top_k given) a joint search past its bounds (check_joint_search)."""
     if len(ids) > max_length and truncate:
         ids = ids[: max_length - 1] + [tokenizer.sep_id]
         if tokenizer.mask_id not in ids:
@@ -161,9 +168,46 @@ def _fit(ids: list[int], text: str, origin: str, tokenizer: BertTokenizer, max_l
     if tokenizer.mask_id not in ids:
         raise _no_mask_error(origin, text)
     if len(ids) > max_length:
-        raise DataError(f"{origin}: {len(ids)} tokens, more than the model's {max_length} positions; shorten the "
-                        "text, or pass `truncate` (or `on_bad_lines` skip)")
+        raise DataError(f"{origin}: {len(ids)} tokens, more than the model's {max_length} positions; {fixes}")
+    if joint_top_k is not None:
+        check_joint_search(ids, origin, tokenizer.mask_id, joint_top_k)
     return ids
+
+
+def fill_cost(ids: list[int], mask_id: int, top_k: int, joint: bool) -> int:
+    """The work of filling one encoded text: the tokens the model runs (joint: the whole text once per [MASK] and
+    beam row) plus the candidates it returns."""
+    spans = mask_spans(ids, mask_id)
+    if not joint:
+        return len(ids) + sum(len(span) for span in spans) * top_k
+    width = max(top_k, JOINT_BEAM_WIDTH)
+    return sum(len(span) for span in spans) * width * len(ids) + len(spans) * top_k
+
+
+def check_joint_search(ids: list[int], origin: str, mask_id: int, top_k: int) -> None:
+    """A DataError naming the text when its joint search would pass MAX_JOINT_SPAN masks in a run or MAX_JOINT_WORK."""
+    spans = mask_spans(ids, mask_id)
+    longest = max(len(span) for span in spans)
+    if longest > MAX_JOINT_SPAN:
+        raise DataError(f"{origin}: {longest} consecutive {MASK_TOKEN}s; `joint` fills a run of up to {MAX_JOINT_SPAN} "
+                        f"as one word: split the run, or drop `joint` to predict each {MASK_TOKEN} on its own")
+    work = fill_cost(ids, mask_id, top_k, joint=True)
+    if work > MAX_JOINT_WORK:
+        masks = sum(len(span) for span in spans)
+        raise DataError(f"{origin}: `joint` on {masks} {MASK_TOKEN}s in {len(ids)} tokens with a beam of "
+                        f"{max(top_k, JOINT_BEAM_WIDTH)} would run {work:,} tokens through the model, more than "
+                        f"{MAX_JOINT_WORK:,}; fill fewer {MASK_TOKEN}s per text or shorten it"
+                        + (", or lower `top_k`" if top_k > JOINT_BEAM_WIDTH else ""))
+
+
+def fill_work(tokenizer: BertTokenizer, texts: list[str], origins: list[str], top_k: int, joint: bool, max_length: int,
+              fixes: str = TOO_LONG_FIXES) -> int:
+    """fill_cost summed over `texts`, each checked as fill_mask checks it (a DataError names the first it refuses),
+    before any model runs: what serve weighs a request by."""
+    check_fill_options(top_k, joint, len(tokenizer))
+    return sum(fill_cost(_fit(ids, text, origin, tokenizer, max_length, joint_top_k=top_k if joint else None, fixes=fixes),
+                         tokenizer.mask_id, top_k, joint)
+               for ids, text, origin in zip(tokenizer.encode(texts), texts, origins))
 
 
 def _no_mask_error(origin: str, text: str) -> DataError:
@@ -243,6 +287,13 @@ def is_cjk(char: str) -> bool:
 
 
 JOINT_BEAM_WIDTH = 8  # partial words kept per step (at least top_k): a wider beam finds better words
+# A run of n [MASK]s costs n model passes over max(top_k, JOINT_BEAM_WIDTH) rows, each the whole text; both are
+# bounded before any pass runs (500 masks in one text once held a server's model thread for minutes). A run is one
+# word: Chinese words and idioms have 1-4 characters, long names and transliterations about 10.
+MAX_JOINT_SPAN = 16
+# Tokens one text's search may run through the model (passes x rows x text length): a 512-token text with 64 masks
+# in a beam of 8; about a minute for a base-size BERT on a few CPU cores.
+MAX_JOINT_WORK = 1 << 18
 
 
 @dataclass
@@ -353,13 +404,15 @@ def stream_fill_mask(
     on_bad_lines: str = "error",
     skipped: SkippedTexts | None = None,
     chunk_size: int = FILL_MASK_CHUNK,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[FillMaskResult | JointFillResult]:
     """Load a model with an MLM head and fill the masks of (text, origin) items (see iter_masked_texts), a chunk of
     texts at a time: results come in input order as they are computed, and memory does not grow with the input.
 
     A bad text (no [MASK]; more tokens than the model's positions, unless truncate cuts it to fit) is a DataError
     raised after the results of the texts before it, or with on_bad_lines="skip" it is skipped and counted in
-    `skipped`. The options are checked before the weights load.
+    `skipped`. The options are checked before the weights load. on_note gets one line when the MLM-head probe
+    (cached in the model dir) finds the head untrained or weak.
     """
     from sbert_cli.model.model_dir import load_for_task, load_tokenizer
     from sbert_cli.tasks.inference import prepare_inference
@@ -368,14 +421,22 @@ def stream_fill_mask(
         raise ConfigError(f"`on_bad_lines` must be one of {', '.join(BAD_TEXT_POLICIES)}, not {on_bad_lines!r}")
     tokenizer = load_tokenizer(model)
     check_fill_options(top_k, joint, len(tokenizer), batch_size)
-    net = load_for_task(model, "mlm").model
+    loaded = load_for_task(model, "mlm")
+    net = loaded.model
     torch_device, resolved = prepare_inference(net, device, precision)
+
+    def note_head() -> None:  # before the first results, so that a run that fails at once prints its error alone
+        from sbert_cli.tasks.probe import cached_probe, head_warning
+
+        note = head_warning(cached_probe(loaded.checkpoint.path, net, tokenizer), model)
+        if note:
+            on_note(note)
     return _stream(net, tokenizer, iter(items), top_k, joint, batch_size, torch_device, resolved, truncate,
-                   on_bad_lines, skipped, chunk_size)
+                   on_bad_lines, skipped, chunk_size, note_head if on_note is not None else None)
 
 
 def _stream(net, tokenizer, items, top_k, joint, batch_size, device, precision, truncate, on_bad_lines, skipped,
-            chunk_size):
+            chunk_size, before_first=None):
     from itertools import islice
 
     from sbert_cli.model.precision import inference_autocast
@@ -386,7 +447,7 @@ def _stream(net, tokenizer, items, top_k, joint, batch_size, device, precision, 
         texts, sequences, error = [], [], None
         for (text, origin), ids in zip(chunk, tokenizer.encode([text for text, _ in chunk])):
             try:
-                sequences.append(_fit(ids, text, origin, tokenizer, max_length, truncate))
+                sequences.append(_fit(ids, text, origin, tokenizer, max_length, truncate, top_k if joint else None))
                 texts.append(text)
             except DataError as e:
                 if on_bad_lines == "error":
@@ -396,6 +457,9 @@ def _stream(net, tokenizer, items, top_k, joint, batch_size, device, precision, 
                     skipped.add(str(e).split("; ")[0])  # what was wrong; the advice is for the error case
         if texts:
             with inference_autocast(precision, device):
+                if before_first is not None:
+                    before_first()
+                    before_first = None
                 results = fill(net, tokenizer, texts, sequences, top_k, batch_size)
             yield from results
         if error is not None:

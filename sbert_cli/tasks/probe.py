@@ -2,13 +2,15 @@
 than chance and a unigram guesser? convert-weights and the demo report it.
 
 In it: PROBE_SENTENCES, the verdict thresholds (TRAINED_ACCURACY, CHANCE_P_VALUE, CHANCE_TOP_K, UNTRAINED_TOP100,
-PROBE_STRIDE), ProbeResult, probe_verdict, unigram_guesses and probe_mlm_head.
+PROBE_STRIDE), ProbeResult, probe_verdict, unigram_guesses and probe_mlm_head; the verdict cached in a model dir
+(cached_probe, covers_probe) and fill-mask's one-line warning about a poor head (head_warning).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -149,3 +151,62 @@ def probe_mlm_head(
         unigram_top5_accuracy=sum(t in unigram for t in every_target) / total,
         verdict=probe_verdict(top1, top100, total, vocab_size, threshold), threshold=threshold,
     )
+
+
+# The probe's verdict is kept beside the weights (outputs.PROBE_CACHE), so fill-mask warns about a poor head at every
+# call without probing again; it is keyed by the weight files' names, sizes and modification times.
+PROBE_COVERAGE = 0.9  # share of the probe's characters a vocab must hold for the verdict to mean anything
+
+
+def _weights_key(model_dir: Path) -> dict:
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def covers_probe(tokenizer: BertTokenizer) -> bool:
+    """Whether the vocab holds the probe sentences' characters: for another language the probe says nothing."""
+    characters = [c for sentence in PROBE_SENTENCES for c in sentence if is_cjk(c)]
+    return sum(c in tokenizer.vocab for c in characters) >= PROBE_COVERAGE * len(characters)
+
+
+def cached_probe(model_dir: str | Path, model: nn.Module, tokenizer: BertTokenizer) -> ProbeResult | None:
+    """probe_mlm_head for a model dir, read from its PROBE_CACHE while the weights are unchanged, else probed and
+    written there (through the one safe writer; a folder sbert cannot write just goes without). None when the vocab
+    does not cover the probe sentences."""
+    import json
+    from dataclasses import asdict, fields
+
+    from sbert_cli.errors import SbertError
+    from sbert_cli.outputs import PROBE_CACHE, write_text
+
+    if not covers_probe(tokenizer):
+        return None
+    model_dir = Path(model_dir)
+    path, key = model_dir / PROBE_CACHE, _weights_key(model_dir)
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached["weights"] == key:
+            return ProbeResult(**{f.name: cached["result"][f.name] for f in fields(ProbeResult)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none yet, or unreadable: probe again
+    result = probe_mlm_head(model, tokenizer)
+    try:
+        write_text(path, json.dumps({"weights": key, "result": asdict(result)}, indent=1) + "\n", force=path.is_file())
+    except (SbertError, OSError):
+        pass  # a read-only model dir: the probe runs again next time
+    return result
+
+
+def head_warning(result: ProbeResult | None, model: str | Path) -> str | None:
+    """What fill-mask says once about an untrained or weak head (the probe's verdict); None for a trained one."""
+    from sbert_cli.model.model_dir import mlm_head_recipe
+
+    if result is None or result.verdict == "trained":
+        return None
+    if result.looks_untrained:
+        return (f"warning: the MLM head of {model} looks untrained: it restores {result.top100_accuracy:.1%} of masked "
+                f"characters of everyday sentences even within its top 100 (a head trained for a single step: about 20%), "
+                f"so these candidates are noise. To train it: {mlm_head_recipe(model)}")
+    return (f"note: the MLM head of {model} is weak: top-1 {result.accuracy:.1%} on masked characters of everyday "
+            f"sentences (a well-trained Chinese BERT: far above {result.threshold:.0%}), so the candidates are rough; "
+            "more pretraining improves it")
