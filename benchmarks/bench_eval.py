@@ -93,7 +93,7 @@ class TransformersLoop:
 
 class SbertEval:
     def __init__(self, model_dir: Path, device: str, precision: str, batch_size: int):
-        from sbert_cli.tasks.classification import load_classifier
+        from sbert_cli.tasks.cls_predict import load_classifier
 
         self.classifier = load_classifier(model_dir, batch_size=batch_size, precision=precision, device=device)
 

@@ -127,7 +127,7 @@ def accuracy(args) -> None:
     import numpy as np
 
     from sbert_cli.data.classification import read_classification_file, read_label_names
-    from sbert_cli.tasks.classification import load_classifier
+    from sbert_cli.tasks.cls_predict import load_classifier
 
     classifiers = {p: load_classifier(args.classifier, precision=p, device="cpu", batch_size=64) for p in FORWARD_PRECISIONS}
     label_names = read_label_names(args.labels) if args.labels else classifiers["fp32"].label_names

@@ -162,7 +162,7 @@ def load(port: int, path: str, clients: int, texts: list[str], warmup_s: float, 
 def model_ceiling(model_dir: Path, texts: list[str], batch: int, repeats: int = 3) -> float:
     """Texts/s of the classifier alone on `batch` texts run as one batch, over texts/s run one by one (same
     threads as the server, no HTTP): the most that batching can gain for this model on this machine."""
-    from sbert_cli.tasks.classification import load_classifier
+    from sbert_cli.tasks.cls_predict import load_classifier
 
     classifier = load_classifier(model_dir, batch_size=batch, precision="fp32", device="cpu")
     sample = texts[:batch]

@@ -169,7 +169,7 @@ def train_tfidf_baseline(train_file: Path, dev_file: Path, label_names: list[str
     from sklearn.svm import LinearSVC
 
     from sbert_cli.data.classification import read_classification_file
-    from sbert_cli.tasks.evaluate import classification_metrics
+    from sbert_cli.tasks.cls_metrics import classification_metrics
 
     train = read_classification_file(train_file, label_names, allow_new_labels=False)
     dev = read_classification_file(dev_file, label_names, allow_new_labels=False)
@@ -236,7 +236,8 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     from sbert_cli.data.classification import read_label_names
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.resources import THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
-    from sbert_cli.tasks.classification import ClassifierOptions, TextInput, load_classifier, predict_stream, train_classifier
+    from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+    from sbert_cli.tasks.cls_predict import TextInput, load_classifier, predict_stream
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.fill_mask import run_fill_mask
     from sbert_cli.tasks.pretrain import PretrainOptions, pretrain

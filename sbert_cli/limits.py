@@ -56,6 +56,10 @@ def check_range(field: str, value, low, high=None, why: str = "") -> None:
     bounds = f"at least {low}" if high is None else f"between {low} and {high:,}" if isinstance(high, int) else f"between {low} and {high}"
     raise ConfigError(f"`{field}` must be {bounds}{f' ({why})' if why else ''}, not {value}")
 
+# make-mlm-data's default seed, and the one `sbert eval` and pretrain's held-out evaluation mask unmasked data with,
+# so the two report the same figures on the same sequences.
+MASKING_SEED = 12345
+
 
 def check_seed(seed: int) -> None:
     """Random generators (numpy's SeedSequence) take non-negative seeds."""

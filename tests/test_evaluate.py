@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.evaluate import classification_metrics, evaluate, infer_task
+from sbert_cli.tasks.cls_metrics import classification_metrics, metrics_from_confusion
+from sbert_cli.tasks.evaluate import evaluate, infer_task
 
 CLS_KEYS = {
     "task", "model", "data", "num_examples", "accuracy", "macro_f1", "loss", "macro", "micro", "weighted",
@@ -72,6 +73,24 @@ def test_metrics_equal_sklearn(seed):
     metrics = classification_metrics(gold, predicted, [f"c{i}" for i in range(n)])
     _assert_equals_sklearn(metrics, gold, predicted, n)
     assert metrics.macro_f1 == metrics.macro.f1
+
+
+def test_training_dev_metrics_are_evals_figures_from_the_summed_confusion_matrix():
+    # train-cls sums a float64 confusion matrix over batches and processes (ClassificationTask.eval_sums); the same
+    # function as `sbert eval` turns it into figures, so best/ is picked on the numbers eval reports.
+    import torch
+
+    from sbert_cli.tasks.classification import ClassificationTask
+
+    rng = np.random.default_rng(0)
+    gold, predicted = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    task = ClassificationTask.__new__(ClassificationTask)
+    task.num_labels, task.label_names = 3, ["a", "b", "c"]
+    confusion = torch.zeros(9, dtype=torch.float64).index_add_(0, torch.from_numpy(gold * 3 + predicted), torch.ones(50, dtype=torch.float64))
+    figures = task.eval_metrics(torch.cat([torch.tensor([5.0, 50.0], dtype=torch.float64), confusion]))
+    expected = classification_metrics(gold, predicted, task.label_names)
+    assert figures == {"loss": 0.1, "accuracy": expected.accuracy, "macro_f1": expected.macro_f1}
+    assert metrics_from_confusion(confusion.view(3, 3).numpy(), task.label_names) == expected
 
 
 def test_eval_figures_equal_sklearn_on_its_predictions(cls_result, cls_data):

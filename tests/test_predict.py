@@ -10,12 +10,7 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.tasks.classification import (
-    TextInput,
-    load_classifier,
-    predict_stream,
-    read_inputs,
-)
+from sbert_cli.tasks.cls_predict import TextInput, load_classifier, predict_stream, read_inputs
 from sbert_cli.tasks.evaluate import evaluate_classifier
 
 LABELS = ["finance", "sports", "game"]

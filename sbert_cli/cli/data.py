@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from sbert_cli.cli.app import app, console, in_flags
+from sbert_cli.limits import MASKING_SEED
 
 KIND_STYLES = {"mask": "bold white on red", "random": "bold black on yellow", "unchanged": "bold black on green"}
 
@@ -42,7 +43,7 @@ def make_mlm_data_command(
     on_bad_lines: Optional[str] = typer.Option(
         None, "--on-bad-lines", help="error or skip. Default: error on invalid UTF-8 and malformed rows, skip empty rows."
     ),
-    seed: int = typer.Option(12345, "--seed", help="Random seed; the same seed and inputs give byte-identical output."),
+    seed: int = typer.Option(MASKING_SEED, "--seed", help="Random seed; the same seed and inputs give byte-identical output."),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes. The output does not depend on it."),
     shard_size: int = typer.Option(100_000, "--shard-size", help="Sequences per shard file."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out, replacing earlier make-mlm-data output."),

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from sbert_cli.cli.app import app, console, err_console
 from sbert_cli.cli.options import MODEL_RUN_OPTIONS, set_threads, with_options
+from sbert_cli.limits import MASKING_SEED
 
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int | None = None):
@@ -54,7 +55,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
     force: bool = typer.Option(False, "--force", hidden=True, help="Accepted for compatibility: a report replaces its own earlier files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of tables."),
-    seed: int = typer.Option(12345, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
+    seed: int = typer.Option(MASKING_SEED, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
     **run,
 ) -> None:
     """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
@@ -169,11 +170,7 @@ def predict_command(
 ) -> None:
     """Classify texts: label names with probabilities."""
     from sbert_cli.errors import ConfigError
-    from sbert_cli.tasks.classification import (
-        load_classifier,
-        predict_stream,
-        read_inputs,
-    )
+    from sbert_cli.tasks.cls_predict import load_classifier, predict_stream, read_inputs
 
     if as_json and output_format not in (None, "jsonl"):
         raise ConfigError(f"--json and --format {output_format} disagree; give one of them")

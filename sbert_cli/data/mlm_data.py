@@ -41,7 +41,7 @@ from sbert_cli.data.shards import (
 )
 from sbert_cli.data.text_input import TextReader, is_stdin, source_name
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.limits import DUPE_FACTOR_WHY, MAX_DUPE_FACTOR, check_range, check_seed, usable_cpus
+from sbert_cli.limits import DUPE_FACTOR_WHY, MASKING_SEED, MAX_DUPE_FACTOR, check_range, check_seed, usable_cpus
 from sbert_cli.outputs import OutputDir
 from sbert_cli.model.tokenizer import BertTokenizer
 
@@ -68,7 +68,7 @@ class MLMDataSettings:
     mask: bool = True
     pack: bool = False
     truncate: bool = False
-    seed: int = 12345
+    seed: int = MASKING_SEED
     format: str = "auto"
     text_column: int | None = None
     text_field: str | None = None

@@ -1,8 +1,7 @@
 """Evaluate a model on a labelled file (classification) or on masked text (MLM), and write the report files.
 
-Classification: accuracy; macro, micro and weighted precision/recall/F1; per-class figures; the confusion
-matrix; the misclassified examples. Averages follow scikit-learn's defaults: over the labels that occur in
-the gold or predicted labels, 0 where a ratio is 0/0. MLM: top-1 and top-5 accuracy on the masked tokens,
+Classification: the figures of cls_metrics (accuracy; macro, micro and weighted precision/recall/F1; per-class
+figures; the confusion matrix) and the misclassified examples. MLM: top-1 and top-5 accuracy on the masked tokens,
 and perplexity = exp(mean cross-entropy) over them. `evaluate` returns a result whose `to_json()` is the
 documented schema; the CLI only renders it.
 """
@@ -17,108 +16,15 @@ from pathlib import Path
 from typing import Sequence
 
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
-from sbert_cli.tasks.classification import (
-    Classifier,
-    ProgressCallback,
-    Runtime,
-    load_classifier,
-    prepare_inference,
-)
+from sbert_cli.tasks.cls_metrics import ClassificationMetrics, classification_metrics
+from sbert_cli.tasks.cls_predict import Classifier, load_classifier
+from sbert_cli.tasks.inference import ProgressCallback, Runtime, prepare_inference
 from sbert_cli.tasks.pretrain import EVAL_MASKING_SEED, eval_source, score_masked
 
 TASKS = ("cls", "mlm")
 REPORT_FILE = "metrics.json"  # an eval report; a run's training log is metrics.jsonl (plots.METRICS_FILE)
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISCLASSIFIED_FILE = "misclassified.tsv"
-
-
-@dataclass
-class Averages:
-    precision: float
-    recall: float
-    f1: float
-
-    def to_json(self) -> dict:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1}
-
-
-@dataclass
-class ClassMetrics:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-    def to_json(self) -> dict:
-        return {"label": self.label, "precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "support": self.support}
-
-
-@dataclass
-class ClassificationMetrics:
-    labels: list[str]
-    num_examples: int
-    accuracy: float
-    macro: Averages
-    micro: Averages
-    weighted: Averages
-    per_class: list[ClassMetrics]
-    confusion_matrix: list[list[int]]  # rows gold, columns predicted, both in `labels` order
-
-    @property
-    def macro_f1(self) -> float:
-        return self.macro.f1
-
-
-def _ratio(numerator, denominator):
-    import numpy as np
-
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
-
-
-def classification_metrics(gold: Sequence[int], predicted: Sequence[int], label_names: Sequence[str]) -> ClassificationMetrics:
-    """All classification figures from gold and predicted label ids (indices into label_names)."""
-    import numpy as np
-
-    gold = np.asarray(gold, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    n = len(label_names)
-    if len(gold) == 0:
-        raise DataError("no examples to evaluate")
-    matrix = np.bincount(gold * n + predicted, minlength=n * n).reshape(n, n)
-    true_positives = np.diag(matrix)
-    support = matrix.sum(axis=1)
-    predicted_counts = matrix.sum(axis=0)
-    precision = _ratio(true_positives, predicted_counts)
-    recall = _ratio(true_positives, support)
-    f1 = _ratio(2 * true_positives, support + predicted_counts)
-    present = (support + predicted_counts) > 0  # scikit-learn averages over the labels seen in gold or predictions
-    weights = support[present]
-
-    def average(values) -> float:
-        return float(values[present].mean())
-
-    def weighted(values) -> float:
-        return float((values[present] * weights).sum() / weights.sum())
-
-    tp, predicted_total, gold_total = true_positives[present].sum(), predicted_counts[present].sum(), support[present].sum()
-    micro_precision, micro_recall = float(_ratio(tp, predicted_total)), float(_ratio(tp, gold_total))
-    return ClassificationMetrics(
-        labels=list(label_names),
-        num_examples=int(len(gold)),
-        accuracy=float((gold == predicted).mean()),
-        macro=Averages(average(precision), average(recall), average(f1)),
-        micro=Averages(micro_precision, micro_recall, float(_ratio(2 * tp, predicted_total + gold_total))),
-        weighted=Averages(weighted(precision), weighted(recall), weighted(f1)),
-        per_class=[
-            ClassMetrics(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-            for i, name in enumerate(label_names)
-        ],
-        confusion_matrix=matrix.tolist(),
-    )
 
 
 @dataclass

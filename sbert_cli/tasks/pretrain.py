@@ -26,6 +26,7 @@ from sbert_cli.data.batching import length_sorted_batches, pad_batch
 from sbert_cli.data.masking import Masker, MaskingConfig
 from sbert_cli.data.shards import MLMShards, vocab_sha256
 from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.limits import MASKING_SEED
 from sbert_cli.tasks.lr_rule import with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
@@ -36,7 +37,7 @@ IGNORE = -100  # label of a padded prediction: weight 0 in the loss
 TRAIN_STREAM, EVAL_STREAM = 0, 1  # keep training and evaluation masks in separate random streams
 # Evaluation masks of --no-mask data come from (EVAL_MASKING_SEED, EVAL_STREAM, sequence index), in pretrain's
 # held-out evaluation and in `sbert eval` alike, so the two report the same figures on the same sequences.
-EVAL_MASKING_SEED = 12345
+EVAL_MASKING_SEED = MASKING_SEED
 TOP_K = 5
 
 
