@@ -267,7 +267,7 @@ def table(results: list[dict]) -> str:
     """Mean +- half the range over seeds of the test entity F1, per row and setting, and the training wall time."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["row"], r["train_sentences"], r["test_sentences"], r["epochs"], r["dtype"]), []).append(r)
+        groups.setdefault((r["row"], r["train_sentences"], r["test_sentences"], r["epochs"], r.get("dtype", "fp32")), []).append(r)
     lines = ["| row | train sentences | test sentences | epochs | precision | seeds | test entity F1 | P | R | "
              "PER / LOC / ORG F1 | training s (mean) |", "|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|"]
     for (row, n_train, n_test, epochs, precision), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], ROWS.index(kv[0][0]))):
@@ -297,13 +297,13 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke test: 200 training, 50 dev, 100 test sentences, one seed, 10 steps, 5 CRF iterations")
+                        help="a smoke test: 200 training, 50 dev, 100 test sentences, one seed, 4 steps, 5 CRF iterations")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ner"))
     parser.add_argument("--report", action="store_true", help="print the table of OUT/results.jsonl and stop")
     args = parser.parse_args()
     if args.quick:
         args.train_limit, args.dev_size, args.test_limit = 200, 50, 100
-        args.seeds, args.max_steps, args.crf_iterations = args.seeds[:1], 10, 5
+        args.seeds, args.max_steps, args.crf_iterations = args.seeds[:1], 4, 5
         args.out = args.out.with_name(args.out.name + "-quick")
 
     results_file = args.out / "results.jsonl"

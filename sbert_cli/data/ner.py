@@ -71,6 +71,7 @@ def read_ner_file(path: str | Path, labels: list[str] | None = None) -> NerData:
 
     def lines() -> Iterator[tuple[int, str]]:  # a CoNLL file is read twice: to detect the scheme, then to read
         return _lines(path) if cached is None else iter(cached)
+
     first = next((line for _, line in lines() if line.strip()), None)
     if first is None:
         raise DataError(f"{path}: no sentences; write one `TOKEN TAG` per line, or JSONL with text and entities")
@@ -149,9 +150,10 @@ def detect_scheme(sentences: Iterable[Sequence[str]]) -> str:
 
 
 def _scheme_evidence(sentences: Iterable[Sequence[str]]) -> tuple[str, bool]:
-    """(scheme, whether entities start both with B- and I-) of a file's tags, sentence by sentence: BMES when M- appears, BIOES when E- or S- does, else
-    BIO when some entity starts with B- (after O, after another type, or first in a sentence), else IOB1 when
-    some starts with I- (IOB1 writes B- only between two adjacent entities of one type), else BIO."""
+    """(scheme, whether entities start both with B- and with I-) of a file's tags, sentence by sentence: BMES
+    when M- appears, BIOES when E- or S- does, else BIO when some entity starts with B- (after O, after another
+    type, or first in a sentence), else IOB1 when some starts with I- (IOB1 writes B- only between two adjacent
+    entities of one type), else BIO."""
     prefixes: set[str] = set()
     b_starts = i_starts = False
     for tags in sentences:
