@@ -268,13 +268,13 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["row"], r["train_sentences"], r["test_sentences"], r["epochs"], r.get("dtype", "fp32")), []).append(r)
-    lines = ["| row | train sentences | test sentences | epochs | precision | seeds | test entity F1 | P | R | "
+    lines = ["| row | train sentences | test sentences | epochs | dtype | seeds | test entity F1 | P | R | "
              "PER / LOC / ORG F1 | training s (mean) |", "|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|"]
     for (row, n_train, n_test, epochs, precision), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], ROWS.index(kv[0][0]))):
         f1 = [r["entity_f1"] for r in rows]
         per = [statistics.mean(r["per_label_f1"].get(t, 0.0) for r in rows) for t in ("PER", "LOC", "ORG")]
         lines.append(f"| {row} | {n_train} | {n_test} | {epochs or '-'} | {precision} | "
-                     f"{', '.join(str(r['seed']) for r in rows)} | {statistics.mean(f1):.4f} ± {(max(f1) - min(f1)) / 2:.4f} | "
+                     f"{'-' if row == 'crf' else ', '.join(str(r['seed']) for r in rows)} | {statistics.mean(f1):.4f} ± {(max(f1) - min(f1)) / 2:.4f} | "
                      f"{statistics.mean(r['precision'] for r in rows):.4f} | {statistics.mean(r['recall'] for r in rows):.4f} | "
                      f"{' / '.join(f'{x:.3f}' for x in per)} | {statistics.mean(r['seconds'] for r in rows):.0f} |")
     return "\n".join(lines)
@@ -341,7 +341,8 @@ def main() -> None:
                 record = {"row": row, "seed": seed, "epochs": 0 if row == "crf" else (args.epochs if not args.max_steps else 0),
                           "max_steps": args.max_steps, "train_sentences": counts["train"], "test_sentences": counts["test"],
                           "dtype": args.precision, "threads": args.threads, "cpu": machine["cpu"],
-                          "cpu_bf16": machine["cpu_bf16"], "torch": machine["torch"], **result}
+                          "cpu_bf16": machine["cpu_bf16"], "torch": machine["torch"],
+                          "load_average": round(os.getloadavg()[0], 1), **result}
                 with results_file.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 print(f"{row:12} seed {seed}: test entity F1 {result['entity_f1']:.4f} "
