@@ -1,4 +1,4 @@
-"""tasks/embedding.py and `sbert embed` / `sbert similar`: parity with sentence-transformers, pooling, streaming, outputs, the cache."""
+"""tasks/embedding.py, tasks/search.py, model/st_dir.py and `sbert embed` / `sbert similar`: parity with sentence-transformers, pooling, streaming, outputs, the cache."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ from sbert_cli.cli import app
 from sbert_cli.errors import ConfigError, ModelLoadError
 from sbert_cli.model.model_dir import load_tokenizer
 from sbert_cli.resources import CHINESE_VOCAB
-from sbert_cli.tasks.embedding import (
-    NpyWriter,
-    embed_stream,
-    load_embedder,
-    read_sentence_transformers_dir,
-    similar,
-)
+from sbert_cli.model.st_dir import read_sentence_transformers_dir
+from sbert_cli.tasks.embedding import NpyWriter, embed_stream, load_embedder
+from sbert_cli.tasks.search import similar
 
 from conftest import TINY_HF_CONFIG, make_hf_checkpoint
 

@@ -150,7 +150,8 @@ def similar_command(
     from rich.table import Table
     from rich.text import Text
 
-    from sbert_cli.tasks.embedding import load_embedder, similar
+    from sbert_cli.tasks.embedding import load_embedder
+    from sbert_cli.tasks.search import similar
 
     set_threads(threads)
     embedder = load_embedder(model, pooling=pooling, max_seq_len=max_seq_len, batch_size=batch_size,

@@ -66,11 +66,8 @@ class ModelService:
         )
         from sbert_cli.model.precision import prepare_for_inference, resolve_device, resolve_precision
         from sbert_cli.tasks.cls_predict import load_classifier
-        from sbert_cli.tasks.embedding import (
-            embedder_for,
-            embedding_settings,
-            read_sentence_transformers_dir,
-        )
+        from sbert_cli.model.st_dir import read_sentence_transformers_dir
+        from sbert_cli.tasks.embedding import embedder_for, embedding_settings
 
         self.model_name = str(model)
         model_dir = resolve_model_dir(model)

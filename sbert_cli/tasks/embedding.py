@@ -1,19 +1,21 @@
-"""Sentence embeddings: pooling over the encoder, sentence-transformers model dirs, `embed` and `similar`.
+"""Sentence embeddings: pooling over the encoder, and the `embed` command's library calls.
 
 A text's embedding is the encoder's last hidden state pooled into one vector: the mean over its real
 tokens (padding excluded), the [CLS] vector, or the pooler (tanh(W·[CLS]), what the classifier reads),
-then L2-normalised unless asked not to. A sentence-transformers model dir (modules.json, 1_Pooling/,
-2_Normalize/) says which pooling and normalisation it was trained with; we follow it, so our vectors
-equal `SentenceTransformer(dir).encode(texts)`. Other dirs default to mean pooling, normalised.
+then L2-normalised unless asked not to. A sentence-transformers model dir (model/st_dir.py) says which
+pooling and normalisation it was trained with; we follow it, so our vectors equal
+`SentenceTransformer(dir).encode(texts)`. Other dirs default to mean pooling, normalised.
 
 Texts stream through in chunks: each chunk is sorted by length into batches, run, and put back in
-input order, so memory depends on the chunk size, not on the number of texts. `similar` embeds a
-corpus once and keeps its vectors beside it as .npy, named by a key over the model and the file's hash.
+input order, so memory depends on the chunk size, not on the number of texts.
+
+In it: EmbeddingSettings and embedding_settings (options, then the ST dir, then defaults), pool, Embedder,
+embedder_for, load_embedder, embed_stream, embed, embedding_json, read_texts (the texts to embed), NpyWriter
+(a .npy written as rows arrive); POOLINGS, CHUNK_SIZE. `similar` is in tasks/search.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from sbert_cli.errors import ConfigError, DataError, ModelLoadError
+from sbert_cli.errors import ConfigError, ModelLoadError
+from sbert_cli.model.st_dir import SentenceTransformersDir, read_sentence_transformers_dir
 from sbert_cli.tasks.inference import ProgressCallback, Runtime
 
 if TYPE_CHECKING:
@@ -35,79 +38,6 @@ if TYPE_CHECKING:
 
 POOLINGS = ("mean", "cls", "pooler")
 CHUNK_SIZE = 4096  # texts sorted and batched together when streaming: bounds memory, keeps batches full
-# sentence-transformers modules we reproduce; any other (Dense, LayerNorm, ...) would change the vectors.
-ST_MODULES = ("Transformer", "Pooling", "Normalize", "Dropout")
-ST_POOLING_NAMES = {  # sentence-transformers < 6 wrote one boolean per mode
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-CACHE_FORMAT = 1  # bump when the cached vectors of the same model and file would change
-
-
-@dataclass(frozen=True)
-class SentenceTransformersDir:
-    """What a sentence-transformers model dir says about its embeddings."""
-
-    encoder_dir: Path  # the Transformer module's folder: config.json, weights, vocab.txt
-    pooling: str  # as named by sentence-transformers: mean, cls, max, ...
-    normalize: bool
-    max_seq_len: int | None  # sentence_bert_config.json's max_seq_length, when it sets one
-
-
-def read_sentence_transformers_dir(model_dir: Path) -> SentenceTransformersDir | None:
-    """The pooling, normalisation and max length of a sentence-transformers dir; None without modules.json."""
-    modules_path = model_dir / "modules.json"
-    if not modules_path.is_file():
-        return None
-    modules = _read_json(modules_path)
-    if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
-        raise ModelLoadError(f"{modules_path}: expected a list of modules with a 'type' each")
-    kinds = [(str(m["type"]).rsplit(".", 1)[-1], str(m.get("path", ""))) for m in modules]
-    unsupported = [f"{kind} ({path or '.'})" for kind, path in kinds if kind not in ST_MODULES]
-    if unsupported:
-        raise ModelLoadError(
-            f"{modules_path}: sbert embeds with a BERT, pooling and normalisation only, not {', '.join(unsupported)}; "
-            "its vectors would differ from sentence-transformers'"
-        )
-    transformer = [path for kind, path in kinds if kind == "Transformer"]
-    if len(transformer) != 1:
-        raise ModelLoadError(f"{modules_path}: expected one Transformer module, found {len(transformer)}")
-    encoder_dir = model_dir / transformer[0]
-    pooling = "cls"  # a Transformer without Pooling gives token vectors; sentence-transformers would then fail
-    pooling_paths = [path for kind, path in kinds if kind == "Pooling"]
-    if pooling_paths:
-        pooling = _pooling_mode(model_dir / pooling_paths[0] / "config.json")
-    max_seq_len = None
-    bert_config = encoder_dir / "sentence_bert_config.json"
-    if bert_config.is_file():
-        value = _read_json(bert_config).get("max_seq_length")
-        max_seq_len = int(value) if isinstance(value, int) and value > 0 else None
-    return SentenceTransformersDir(encoder_dir, pooling, any(kind == "Normalize" for kind, _ in kinds), max_seq_len)
-
-
-def _pooling_mode(path: Path) -> str:
-    config = _read_json(path)
-    mode = config.get("pooling_mode")  # sentence-transformers >= 6: a name, or a list of names
-    if mode is None:
-        mode = [name for key, name in ST_POOLING_NAMES.items() if config.get(key)]
-    if isinstance(mode, list):
-        mode = mode[0] if len(mode) == 1 else "+".join(map(str, mode))
-    if not isinstance(mode, str) or not mode:
-        raise ModelLoadError(f"{path}: no pooling mode in it")
-    return mode
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: cannot read it as JSON ({e})") from None
-
-
 def _tokenizer_max_length(model_dir: Path) -> int | None:
     """tokenizer_config.json's model_max_length, which sentence-transformers >= 6 truncates to; None when unset."""
     path = model_dir / "tokenizer_config.json"
@@ -394,120 +324,3 @@ class NpyWriter:
             self.close()
         else:
             self.discard()
-
-
-# similar: cosine top-k over a corpus ---------------------------------------------------------------
-
-
-@dataclass
-class Match:
-    rank: int
-    index: int  # row of the text in the corpus (and in its cached vectors), from 0
-    score: float  # cosine similarity
-    text: str
-
-    def to_json(self) -> dict:
-        return {"rank": self.rank, "index": self.index, "score": round(self.score, 6), "text": self.text}
-
-
-@dataclass
-class SimilarResult:
-    query: str
-    matches: list[Match]
-    corpus_size: int
-    cache: Path | None  # the corpus vectors kept beside the corpus (None with use_cache=False or a read-only folder)
-    cache_hit: bool
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def corpus_cache_path(corpus: Path, embedder: Embedder) -> Path:
-    """`<corpus>.sbert-<key>.npy`; the key covers the corpus bytes, the model's files and the embedding settings."""
-    from sbert_cli.model.hf_weights import find_weights
-
-    model_dir = embedder.model_dir
-    model_files = [model_dir / name for name in ("config.json", "vocab.txt", "tokenizer_config.json")]
-    model_files.append(find_weights(model_dir))
-    identity = {
-        "format": CACHE_FORMAT,
-        "corpus_sha256": file_sha256(corpus),
-        "model": str(model_dir.resolve()),
-        "model_files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_files if p.is_file()],
-        "pooling": embedder.settings.pooling,
-        "normalize": embedder.settings.normalize,
-        "max_length": embedder.max_length,
-        "precision": embedder.precision,
-    }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return corpus.parent / f"{corpus.name}.sbert-{key}.npy"
-
-
-def similar(
-    query: str,
-    corpus: str | Path,
-    embedder: Embedder,
-    top_k: int = 10,
-    use_cache: bool = True,
-    progress: ProgressCallback | None = None,
-) -> SimilarResult:
-    """The top_k texts of `corpus` by cosine similarity to `query`.
-
-    The corpus vectors are kept beside the corpus (corpus_cache_path) and reused while the corpus, the
-    model and the settings are unchanged; without use_cache, or in a folder we may not write, they go to
-    a temporary file.
-    """
-    import tempfile
-
-    from sbert_cli.data.text_input import TextReader
-
-    if top_k < 1:
-        raise ConfigError(f"`top_k` must be at least 1, not {top_k}")
-    if not query.strip():
-        raise DataError("the query is empty; give a text to search for")
-    corpus = Path(corpus)
-    TextReader([corpus])  # a missing, empty or directory corpus fails here, before any work
-    cache = corpus_cache_path(corpus, embedder) if use_cache else None
-    if cache is not None and not os.access(corpus.parent, os.W_OK):
-        cache = None
-    hit = cache is not None and cache.is_file()
-    with tempfile.TemporaryDirectory(prefix="sbert-similar-") as scratch:
-        vectors_path = cache if cache is not None else Path(scratch) / "corpus.npy"
-        if not hit:
-            texts = (text for text, _ in TextReader([corpus]))
-            with NpyWriter(vectors_path, embedder.dimension) as writer:
-                for _, vectors in embed_stream(embedder, texts, progress=progress):
-                    writer.write(vectors)
-        scores = cosine_scores(np.load(vectors_path, mmap_mode="r"), embedder.embed([query])[0])
-    if not len(scores):
-        raise DataError(f"{corpus}: no texts in it")
-    wanted = {int(i): rank for rank, i in enumerate(_top_k(scores, top_k), 1)}
-    matches, count = [], 0
-    for index, (text, _) in enumerate(TextReader([corpus])):
-        count += 1
-        if index in wanted:
-            matches.append(Match(wanted[index], index, float(scores[index]), text))
-    if count != len(scores):
-        raise DataError(f"{corpus}: has {count} texts but its vectors {len(scores)}; it changed while read, run again")
-    return SimilarResult(query, sorted(matches, key=lambda m: m.rank), count, cache, hit)
-
-
-def cosine_scores(vectors: np.ndarray, query: np.ndarray, block: int = 65536) -> np.ndarray:
-    """Cosine similarity of every row with `query`, a block of rows at a time (rows may be memory-mapped)."""
-    query = query.astype(np.float32) / max(float(np.linalg.norm(query)), 1e-12)
-    scores = np.empty(len(vectors), dtype=np.float32)
-    for start in range(0, len(vectors), block):
-        rows = np.asarray(vectors[start : start + block], dtype=np.float32)
-        scores[start : start + block] = rows @ query / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
-    return scores
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, len(scores))
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]
