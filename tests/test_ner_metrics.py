@@ -120,3 +120,28 @@ def test_an_msra_style_cut_entity_scores_as_seqeval_strict(tmp_path):
                                    mode="strict", scheme=IOBES, output_dict=True, zero_division=0)
     assert ours["precision"] == pytest.approx(theirs["micro avg"]["precision"]) == pytest.approx(2 / 3)
     assert ours["recall"] == pytest.approx(theirs["micro avg"]["recall"]) == 1.0
+
+
+def test_the_benchmarks_crf_row_runs_quick(tmp_path):
+    """bench_ner.py --quick on the bundled sample standing in for MSRA: the CRF row end to end (splits, features,
+    exact-span scores, the results line and the table)."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn_crfsuite", reason="the CRF baseline is test-only: pip install sklearn-crfsuite")
+    from sbert_cli.resources import NER_SAMPLE_DEV, NER_SAMPLE_TRAIN
+
+    msra = tmp_path / "msra"
+    msra.mkdir()
+    (msra / "train.txt").write_bytes(NER_SAMPLE_TRAIN.read_bytes())
+    (msra / "test.txt").write_bytes(NER_SAMPLE_DEV.read_bytes())
+    bench = Path(__file__).parents[1] / "benchmarks" / "bench_ner.py"
+    done = subprocess.run([sys.executable, str(bench), "--msra", str(msra), "--rows", "crf", "--quick",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = (tmp_path / "out-quick" / "results.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["row"], record["train_sentences"], record["test_sentences"]) == ("crf", 200, 100)
+    assert 0.0 <= record["entity_f1"] <= 1.0 and "threads" in record and "torch" in record
+    assert "| crf | 200 | 100 |" in done.stdout
