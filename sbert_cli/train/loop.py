@@ -131,13 +131,19 @@ def train(
             trainer.resume()
         else:
             trainer.seed()
-        return trainer.fit(callbacks, run_info or {})
+        try:
+            return trainer.fit(callbacks, run_info or {})
+        finally:
+            # DDP's reducer holds the process group, and the trainer sits in a reference cycle (its scheduler's
+            # lambda): dropped here, the group is really gone when process_group destroys it, not torn down by
+            # the garbage collector at some later point, perhaps at interpreter exit.
+            trainer.ddp_model = None
 
 
 class StepStats(NamedTuple):
     """One optimizer step, summed over all processes."""
 
-    loss_sum: float
+    loss_sum: torch.Tensor  # a float64 scalar on the device, read back once per log window (_LogWindow)
     units: int  # loss units (examples, or masked tokens)
     tokens: int  # real tokens
     lr: float  # the learning rate the step used
@@ -322,8 +328,10 @@ class Trainer:
         config, env, device, task, model = self.config, self.env, self.device, self.task, self.ddp_model
         if micro is None:
             micro = self.micro_batches(global_batch, self.epoch)
-        counts = torch.tensor([sum(b.units for b, w in micro if w), sum(b.tokens for b, w in micro if w)], dtype=torch.float64)
-        total_units, total_tokens = all_reduce_sum(counts.to(device), env).tolist()
+        total_units, total_tokens = sum(b.units for b, w in micro if w), sum(b.tokens for b, w in micro if w)
+        if env.distributed:  # every process needs the global counts before its backward
+            counts = torch.tensor([total_units, total_tokens], dtype=torch.float64, device=device)
+            total_units, total_tokens = all_reduce_sum(counts, env).tolist()
         # DDP averages gradients over processes; scaling by world_size / global units makes that the global mean.
         scale = env.world_size / max(total_units, 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -345,11 +353,14 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        # One small all-reduce for the logged loss and the stop vote, so that every process stops at the same step.
+        # The loss stays on the device: a single process reads nothing back here. Distributed, one small all-reduce
+        # sums the logged loss and votes on stopping, so that every process stops at the same step.
         stop_requested = stop is not None and stop.requested
-        tail = torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
-        tail = all_reduce_sum(tail, env)
-        return StepStats(float(tail[0]), int(total_units), int(total_tokens), lr, bool(tail[1] > 0))
+        if env.distributed:
+            tail = torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
+            tail = all_reduce_sum(tail, env)
+            loss_sum, stop_requested = tail[0], bool(tail[1] > 0)
+        return StepStats(loss_sum, int(total_units), int(total_tokens), lr, stop_requested)
 
     def fit(self, callbacks: Callbacks, run_info: dict) -> TrainResult:
         """The whole run, top to bottom: prepare OUT, then epochs of steps (evaluating and checkpointing when
@@ -398,11 +409,6 @@ class Trainer:
             if self.next_batch + 1 < len(batches) and self.step + 1 < self.total_steps:
                 upcoming = collator.submit(self.micro_batches, batches[self.next_batch + 1], self.epoch)
             loss_sum, units, tokens, lr, stop_voted = self.train_step(batches[self.next_batch], stop, micro)
-            if not math.isfinite(loss_sum) and self.precision != "fp16":  # fp16's scaler skips such steps itself
-                raise SbertError(
-                    f"step {self.step + 1}: the loss is {loss_sum}, training diverged; resume from the last "
-                    f"checkpoint with a lower `lr` (now {config.lr}), or use `precision` fp32"
-                )
             self.step += 1
             self.next_batch += 1
             epoch_float = self.epoch + self.next_batch / len(batches)
@@ -410,9 +416,10 @@ class Trainer:
             if end_of_epoch:
                 self.epoch, self.next_batch = self.epoch + 1, 0
             result.step, result.epoch = self.step, epoch_float
-            log.add(loss_sum, units, tokens)
+            log.add(self.step, loss_sum, units, tokens)
             finished = self.step == self.total_steps
             if self.step % config.log_every == 0 or self.step == 1 or finished or stop_voted:
+                self.check_loss(log)
                 record = {"kind": "train", "step": self.step, "epoch": round(epoch_float, 4), **log.flush(), "lr": lr}
                 if self.env.is_main:
                     append_metrics(self.out_dir, record)
@@ -424,6 +431,7 @@ class Trainer:
                 (config.eval_every is not None and self.step % config.eval_every == 0)
                 or (config.eval_every is None and end_of_epoch) or finished)
             if due_eval and self.last_eval_step != self.step:
+                self.check_loss(log)
                 self.evaluate(epoch_float)
                 if config.patience is not None and self.evals_without_improvement >= config.patience:
                     result.early_stopped = True
@@ -432,12 +440,22 @@ class Trainer:
                         or (config.save_every is None and (due_eval or end_of_epoch))
                         or finished or result.early_stopped or stop_voted)
             if due_save and self.last_saved_step != self.step:
+                self.check_loss(log)
                 self.save_checkpoint()
             result.interrupted = stop_voted
             if stop_voted:
                 result.stop_signal = stop.signal or signal.SIGTERM  # another rank's signal: torchrun sends SIGTERM
             if stop_voted or result.early_stopped or end_of_epoch:
                 return  # a new epoch has its own batch order
+
+    def check_loss(self, log: "_LogWindow") -> None:
+        """Stop on a NaN or infinite loss in the log window, naming its step. Called at each log line and before
+        each evaluation or checkpoint, so no checkpoint holds diverged weights."""
+        bad = log.first_non_finite() if self.precision != "fp16" else None  # fp16's scaler skips such steps itself
+        if bad is not None:
+            step, loss = bad
+            raise SbertError(f"step {step}: the loss is {loss}, training diverged; resume from the last checkpoint "
+                             f"with a lower `lr` (now {self.config.lr}), or use `precision` fp32")
 
     def plot_curves(self) -> None:
         from sbert_cli.plots import CURVES_FILE, plot_training_curves
@@ -450,18 +468,35 @@ class Trainer:
 
 
 class _LogWindow:
-    """Loss, loss units and real tokens since the last log line, and the time they took."""
+    """Loss, loss units and real tokens since the last log line, and the time they took.
+
+    Each step's loss sum stays on the device (a float64 scalar) and is read back once per window, not once per step,
+    so the device never waits for the host between log lines. The window's sum is the same float64 additions in the
+    same order as when each step was read back, so the logged numbers are unchanged.
+    """
 
     def __init__(self):
         self.loss, self.units, self.tokens, self.started = 0.0, 0, 0, time.perf_counter()
+        self.steps: list[tuple[int, torch.Tensor]] = []  # (step, loss sum), to name a diverged step
 
-    def add(self, loss_sum: float, units: int, tokens: int) -> None:
+    def add(self, step: int, loss_sum: torch.Tensor, units: int, tokens: int) -> None:
         self.loss, self.units, self.tokens = self.loss + loss_sum, self.units + units, self.tokens + tokens
+        self.steps.append((step, loss_sum))
+
+    def first_non_finite(self) -> tuple[int, float] | None:
+        """(step, loss sum) of the window's first NaN or infinite loss, or None."""
+        if math.isfinite(float(self.loss)):
+            return None
+        for step, loss_sum in self.steps:
+            if not math.isfinite(value := float(loss_sum)):
+                return step, value
+        return None
 
     def flush(self) -> dict:
+        loss = float(self.loss)  # the window's one host sync: before the clock, so the window's work is done
         now = time.perf_counter()
-        record = {"loss": self.loss / max(self.units, 1), "tokens_per_s": self.tokens / max(now - self.started, 1e-9)}
-        self.loss, self.units, self.tokens, self.started = 0.0, 0, 0, now
+        record = {"loss": loss / max(self.units, 1), "tokens_per_s": self.tokens / max(now - self.started, 1e-9)}
+        self.loss, self.units, self.tokens, self.started, self.steps = 0.0, 0, 0, now, []
         return record
 
 
