@@ -20,7 +20,6 @@ from sbert_cli.tasks.ner_predict import (
     entities_of,
     evaluate_tagger,
     load_tagger,
-    write_wrong_sentences,
 )
 from sbert_cli.train.types import TrainConfig
 from tests.test_train_ner import synthesize
@@ -148,6 +147,8 @@ def test_eval_scores_exactly_what_predict_returns(tagger_dir, tmp_path):
     wrong = [e.origin for e, row in zip(data.examples, predicted)
              if {(s.start, s.end, s.label) for s in e.spans} != {(p.start, p.end, p.label) for p in row}]
     assert [w.origin for w in evaluation.wrong] == wrong
+    from sbert_cli.tasks.evaluate import write_wrong_sentences
+
     path = write_wrong_sentences(evaluation.wrong, tmp_path / "wrong.tsv")
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "origin\ttext\tgold\tpredicted" and len(lines) == 1 + len(wrong)

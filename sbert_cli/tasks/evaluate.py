@@ -1,8 +1,9 @@
-"""Evaluate a model on a labelled file (classification) or on masked text (MLM), and write the report files.
+"""Evaluate a model on a labelled file (classification, tagging) or on masked text (MLM), and write the report files.
 
 Classification: the figures of cls_metrics (accuracy; macro, micro and weighted precision/recall/F1; per-class
 figures; the confusion matrix) and the misclassified examples. MLM: top-1 and top-5 accuracy on the masked tokens,
-and perplexity = exp(mean cross-entropy) over them. `evaluate` returns a result whose `to_json()` is the
+and perplexity = exp(mean cross-entropy) over them. Tagging (ner): tasks/ner_predict.evaluate_tagger's entity
+scores on exactly what `predict` returns, and the sentences it got wrong. `evaluate` returns a result whose `to_json()` is the
 documented schema; the CLI only renders it.
 """
 
@@ -21,10 +22,11 @@ from sbert_cli.tasks.cls_predict import Classifier, load_classifier
 from sbert_cli.tasks.inference import ProgressCallback, Runtime, prepare_inference
 from sbert_cli.tasks.pretrain import EVAL_MASKING_SEED, eval_source, score_masked
 
-TASKS = ("cls", "mlm")
+TASKS = ("cls", "mlm", "ner")
 REPORT_FILE = "metrics.json"  # an eval report; a run's training log is metrics.jsonl (plots.METRICS_FILE)
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MISCLASSIFIED_FILE = "misclassified.tsv"
+WRONG_SENTENCES_FILE = "wrong_sentences.tsv"  # a tagger's
 
 
 @dataclass
@@ -110,7 +112,7 @@ class MLMEvaluation:
 
 
 def infer_task(model: str | Path, data: str | Path | None = None) -> str:
-    """cls or mlm from the model dir: sbert.json's task, else the one head its weights hold."""
+    """cls, mlm or ner from the model dir: sbert.json's task, else the one head its weights hold."""
     from sbert_cli.model.model_dir import read_checkpoint
 
     if data is not None and Path(data).is_dir():
@@ -187,6 +189,20 @@ def write_misclassified(rows: list[Misclassified], path: Path) -> Path:
     return path
 
 
+def write_wrong_sentences(rows: list, path: Path) -> Path:
+    """A tagger's wrong sentences (ner_predict.WrongSentence) as TSV with a header: origin, text, gold, predicted;
+    spans as `start-end:LABEL:text` separated by spaces (tabs and newlines in texts become spaces)."""
+    def shown(text, spans):
+        return " ".join(f"{s.start}-{s.end}:{s.label}:{_tsv_field(text[s.start:s.end])}"
+                        for s in sorted(spans, key=lambda s: (s.start, s.end, s.label)))
+
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        out.write("origin\ttext\tgold\tpredicted\n")
+        for row in rows:
+            out.write(f"{row.origin}\t{_tsv_field(row.text)}\t{shown(row.text, row.gold)}\t{shown(row.text, row.predicted)}\n")
+    return path
+
+
 def write_metrics(result: ClassificationEvaluation | MLMEvaluation, path: Path) -> Path:
     path.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
@@ -226,10 +242,10 @@ def evaluate(
     progress: ProgressCallback | None = None,
 ) -> ClassificationEvaluation | MLMEvaluation:
     """Evaluate `model` on `data` for `task` (inferred when None) and write metrics.json (and, for cls,
-    the confusion-matrix PNG and misclassified TSV) into out_dir, replacing an earlier report there;
+    the confusion-matrix PNG and misclassified TSV; for ner, the wrong sentences' TSV) into out_dir, replacing an earlier report there;
     out_dir=None writes nothing. `force` is accepted for compatibility: a report replaces its own files anyway."""
     if task is not None and task not in TASKS:
-        raise ConfigError(f"`task` must be cls or mlm, not {task!r}")
+        raise ConfigError(f"`task` must be cls, mlm or ner, not {task!r}")
     from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range, check_seed
 
     check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, BATCH_SIZE_WHY)
@@ -237,7 +253,8 @@ def evaluate(
     if not Path(data).exists():
         raise DataError(f"{data}: no such file or folder")
     task = task or infer_task(model, data)
-    names = (REPORT_FILE, CONFUSION_MATRIX_FILE, MISCLASSIFIED_FILE) if task == "cls" else (REPORT_FILE,)
+    names = {"cls": (REPORT_FILE, CONFUSION_MATRIX_FILE, MISCLASSIFIED_FILE),
+             "ner": (REPORT_FILE, WRONG_SENTENCES_FILE)}.get(task, (REPORT_FILE,))
     if out_dir is not None:
         out_dir = Path(out_dir)
         reads = [Path(p) for p in (model, data) if Path(p).is_dir()]
@@ -247,6 +264,13 @@ def evaluate(
             raise DataError(f"{data}: is a folder; `task` cls takes a labelled file (TSV, CSV or JSONL)")
         classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
         result = evaluate_classifier(classifier, data, str(model), progress)
+    elif task == "ner":
+        from sbert_cli.tasks.ner_predict import evaluate_tagger, load_tagger
+
+        if Path(data).is_dir():
+            raise DataError(f"{data}: is a folder; `task` ner takes an entity file (CoNLL, JSONL or CLUENER)")
+        tagger = load_tagger(model, batch_size=batch_size, precision=precision, device=device, max_seq_len=max_length)
+        result = evaluate_tagger(tagger, data, str(model), progress)
     else:
         result = _evaluate_mlm(model, data, batch_size, precision, device, max_length, seed, progress)
     if out_dir is None:
@@ -263,6 +287,9 @@ def evaluate(
                 "confusion_matrix": str(plot_confusion_matrix(m.confusion_matrix, m.labels, out_dir / CONFUSION_MATRIX_FILE)),
                 "misclassified": str(write_misclassified(result.misclassified, out_dir / MISCLASSIFIED_FILE)),
             }
+        elif task == "ner":
+            result.files = {"metrics": str(out_dir / REPORT_FILE),
+                            "wrong_sentences": str(write_wrong_sentences(result.wrong, out_dir / WRONG_SENTENCES_FILE))}
         else:
             result.files = {"metrics": str(out_dir / REPORT_FILE)}
         write_metrics(result, out_dir / REPORT_FILE)

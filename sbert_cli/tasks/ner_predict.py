@@ -14,9 +14,9 @@ An entity's `score` is the mean, over its words, of the probability of the word'
 marginal probability (forward-backward) with a CRF, the softmax probability without.
 
 Also here: `ner` (the Python API: `from sbert_cli import ner`), `Tagger` (a loaded model for repeated calls), `load_tagger`, `window_scores` (batched model runs over
-windows), `predict_stream` / `NerPrediction` (streamed predictions for the CLI), and `evaluate_tagger` /
-`NerEvaluation` / `write_wrong_sentences` (what `sbert eval` reports on a tagger: tasks/ner_metrics.py's
-entity scores on exactly these predictions).
+windows), `predict_stream` / `NerPrediction` (streamed predictions for the CLI), and `evaluate_tagger` / `NerEvaluation`
+(what `sbert eval` reports on a tagger: tasks/ner_metrics.py's entity scores on exactly these predictions; the
+report files are written by tasks/evaluate.py).
 """
 
 from __future__ import annotations
@@ -258,9 +258,6 @@ def _predict_chunk(tagger: Tagger, chunk: list[tuple[str, str]], progress) -> li
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-WRONG_FILE = "wrong_sentences.tsv"
-
-
 @dataclass
 class WrongSentence:
     origin: str  # "file:line" of the sentence's first line
@@ -304,30 +301,9 @@ def evaluate_tagger(tagger: Tagger, data: str | Path, model_name: str = "",
     found = [[Span(e.start, e.end, e.label) for e in entities] for entities in predicted]
     wrong = [WrongSentence(example.origin, example.text, g, p)
              for example, g, f, p in zip(dataset.examples, gold, found, predicted) if _keys(g) != _keys(f)]
-    return NerEvaluation(str(model_name), str(data), dataset.scheme, total, score_entities(gold, found), wrong,
+    return NerEvaluation(str(model_name), str(data), dataset.scheme, total, score_entities(gold, found, tagger.labels), wrong,
                          tagger.runtime)
 
 
 def _keys(spans) -> set[tuple[int, int, str]]:
     return {(s.start, s.end, s.label) for s in spans}
-
-
-def write_wrong_sentences(rows: list[WrongSentence], path: Path) -> Path:
-    """TSV with a header: where, text, gold and predicted spans as `start-end:LABEL:text` separated by spaces
-    (tabs and newlines in texts become spaces)."""
-    def shown(text, spans):
-        return " ".join(f"{s.start}-{s.end}:{s.label}:{_tsv_field(text[s.start:s.end])}" for s in sorted(spans, key=_order))
-
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
-        out.write("origin\ttext\tgold\tpredicted\n")
-        for row in rows:
-            out.write(f"{row.origin}\t{_tsv_field(row.text)}\t{shown(row.text, row.gold)}\t{shown(row.text, row.predicted)}\n")
-    return path
-
-
-def _order(span) -> tuple[int, int, str]:
-    return span.start, span.end, span.label
-
-
-def _tsv_field(text: str) -> str:
-    return " ".join(text.replace("\t", " ").splitlines())
