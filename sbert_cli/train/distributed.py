@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import signal
 import sys
@@ -115,10 +116,22 @@ def process_group(env: DistributedEnv, device: torch.device, timeout_s: float):
     if started:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    finished = False
     try:
         if env.distributed:
             torch.distributed.barrier()  # every rank has checked OUT before rank 0 writes to it
         yield
+        finished = True
     finally:
         if started and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            try:
+                if finished:
+                    # Every rank is done with the group (rank 0 also with its last writes) before any tears it down.
+                    torch.distributed.barrier()
+                # What still refers to the group (a DDP reducer in a reference cycle) goes now, while the
+                # interpreter is whole: torn down during interpreter exit, a rank may abort (`terminate called
+                # without an active exception`) after the run has succeeded.
+                gc.collect()
+            finally:
+                torch.distributed.destroy_process_group()
+                gc.collect()
