@@ -29,6 +29,17 @@ def test_scores_by_hand():
     assert scores["type_confusion"] == {"LOC": {"ORG": 1}}
 
 
+def test_counts_add_up_across_batches_to_the_same_scores():
+    from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
+
+    gold = [[Span(0, 2, "PER"), Span(3, 5, "LOC")], [Span(0, 4, "ORG")], []]
+    pred = [[Span(0, 2, "PER"), Span(3, 5, "ORG")], [Span(0, 3, "ORG"), Span(5, 6, "PER")], [Span(1, 2, "LOC")]]
+    labels = ["LOC", "ORG", "PER"]
+    summed = entity_counts(gold[:1], pred[:1], labels) + entity_counts(gold[1:], pred[1:], labels)
+    whole = score_entities(gold, pred)
+    assert scores_from_counts(summed, labels) == {k: v for k, v in whole.items() if k not in ("errors", "type_confusion")}
+
+
 def test_error_kinds_of_one_sentence():
     gold = [Span(0, 2, "PER"), Span(4, 6, "LOC"), Span(8, 9, "ORG"), Span(10, 12, "PER")]
     pred = [Span(0, 2, "PER"), Span(4, 7, "ORG"), Span(8, 9, "LOC"), Span(13, 14, "PER")]

@@ -1,5 +1,6 @@
 """Entity-level scores over exact character spans: `score_entities` (micro/macro P/R/F1, per type, and where
-the errors are), and `entity_errors` (one sentence's unmatched spans sorted into kinds of error).
+the errors are); `entity_counts` and `scores_from_counts`, the same scores from sums a training loop can add up
+across batches and processes; `entity_errors` (one sentence's unmatched spans sorted into kinds of error).
 
 An entity counts as found only when start, end and type all match (CoNLL's definition, seqeval's strict mode);
 tests prove the figures equal seqeval's on the file's scheme. Averages follow seqeval: the macro average is over
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Sequence
+
+import numpy as np
 
 from sbert_cli.data.ner import Span
 
@@ -51,45 +54,53 @@ def entity_errors(gold: Sequence[Span], pred: Sequence[Span]) -> list[tuple[str,
     return errors
 
 
+def entity_counts(gold: Sequence[Sequence[Span]], pred: Sequence[Sequence[Span]], labels: Sequence[str]) -> np.ndarray:
+    """(len(labels), 3) float64: per type, exact-span matches, predicted and gold entities, summed over sentences:
+    the form a training loop adds up across batches and processes (`scores_from_counts` turns it into scores)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"entity_counts: {len(gold)} gold sentences but {len(pred)} predicted")
+    row = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), 3), dtype=np.float64)
+    for gold_spans, pred_spans in zip(gold, pred):
+        gold_set, pred_set = set(gold_spans), set(pred_spans)
+        for column, spans in enumerate((gold_set & pred_set, pred_set, gold_set)):
+            for span in spans:
+                counts[row[span.label], column] += 1
+    return counts
+
+
+def scores_from_counts(counts: np.ndarray, labels: Sequence[str]) -> dict:
+    """{entity_f1 (micro F1), precision, recall, macro_f1, support, predicted, correct, per_label} from
+    entity_counts' rows; the macro average is over the types with a gold or predicted entity."""
+    per_label = {}
+    for label, (correct, predicted, support) in zip(labels, counts.tolist()):
+        precision, recall = _ratio(correct, predicted), _ratio(correct, support)
+        per_label[label] = {"precision": precision, "recall": recall, "f1": _f1(precision, recall),
+                            "support": int(support), "predicted": int(predicted), "correct": int(correct)}
+    correct, predicted, support = counts.sum(0).tolist() if len(counts) else (0, 0, 0)
+    precision, recall = _ratio(correct, predicted), _ratio(correct, support)
+    seen = [row["f1"] for row in per_label.values() if row["support"] or row["predicted"]]
+    return {"entity_f1": _f1(precision, recall), "precision": precision, "recall": recall,
+            "macro_f1": sum(seen) / len(seen) if seen else 0.0,
+            "support": int(support), "predicted": int(predicted), "correct": int(correct), "per_label": per_label}
+
+
 def score_entities(gold: Sequence[Sequence[Span]], pred: Sequence[Sequence[Span]],
                    labels: Sequence[str] = ()) -> dict:
-    """Scores of predicted against gold entities, sentence by sentence: {entity_f1 (micro F1), precision,
-    recall, macro_f1, support, predicted, correct, per_label: {type: {precision, recall, f1, support,
-    predicted, correct}}, errors: {type: {kind: count}}, type_confusion: {gold type: {predicted type: count}}}.
+    """Scores of predicted against gold entities, sentence by sentence: scores_from_counts' fields, plus
+    errors: {type: {kind: count}} (see entity_errors) and type_confusion: {gold type: {predicted type: count}}.
     `labels` adds rows of zeros for types that occur in neither (they stay out of the macro average)."""
     if len(gold) != len(pred):
         raise ValueError(f"score_entities: {len(gold)} gold sentences but {len(pred)} predicted")
-    support: Counter = Counter()
-    predicted: Counter = Counter()
-    correct: Counter = Counter()
     errors: dict[str, Counter] = {}
     confusion: dict[str, Counter] = {}
     for gold_spans, pred_spans in zip(gold, pred):
-        gold_set, pred_set = set(gold_spans), set(pred_spans)
-        support.update(s.label for s in gold_set)
-        predicted.update(s.label for s in pred_set)
-        correct.update(s.label for s in gold_set & pred_set)
-        for kind, g, p in entity_errors(sorted(gold_set), sorted(pred_set)):
+        for kind, g, p in entity_errors(sorted(set(gold_spans)), sorted(set(pred_spans))):
             errors.setdefault((g or p).label, Counter())[kind] += 1
             if kind == "type":
                 confusion.setdefault(g.label, Counter())[p.label] += 1
-    seen = sorted(set(support) | set(predicted))
-    per_label = {}
-    for label in sorted(set(seen) | set(labels)):
-        precision, recall = _ratio(correct[label], predicted[label]), _ratio(correct[label], support[label])
-        per_label[label] = {"precision": precision, "recall": recall, "f1": _f1(precision, recall),
-                            "support": support[label], "predicted": predicted[label], "correct": correct[label]}
-    total_correct, total_predicted, total_support = (sum(c.values()) for c in (correct, predicted, support))
-    precision, recall = _ratio(total_correct, total_predicted), _ratio(total_correct, total_support)
-    return {
-        "entity_f1": _f1(precision, recall),
-        "precision": precision,
-        "recall": recall,
-        "macro_f1": sum(per_label[label]["f1"] for label in seen) / len(seen) if seen else 0.0,
-        "support": total_support,
-        "predicted": total_predicted,
-        "correct": total_correct,
-        "per_label": per_label,
-        "errors": {label: {kind: errors.get(label, Counter())[kind] for kind in ERROR_KINDS} for label in per_label},
-        "type_confusion": {label: dict(sorted(row.items())) for label, row in sorted(confusion.items())},
-    }
+    types = sorted(set(labels) | {s.label for spans in (*gold, *pred) for s in spans})
+    scores = scores_from_counts(entity_counts(gold, pred, types), types)
+    scores["errors"] = {label: {kind: errors.get(label, Counter())[kind] for kind in ERROR_KINDS} for label in types}
+    scores["type_confusion"] = {label: dict(sorted(row.items())) for label, row in sorted(confusion.items())}
+    return scores
