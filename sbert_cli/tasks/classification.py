@@ -26,7 +26,7 @@ from sbert_cli.data.classification import (
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
 from sbert_cli.tasks.cls_metrics import metrics_from_confusion
-from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate
+from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate_kept_model
 from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
@@ -244,10 +244,6 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     if not env.is_main or result.interrupted:
         return out
     out.model_dir = kept_model_dir(config.out_dir)
-    for name in ("dev", "test"):
-        if name in splits:
-            out.reports[name] = evaluate(
-                out.model_dir, splits[name].path, task="cls", out_dir=Path(config.out_dir) / f"eval-{name}", force=True,
-                batch_size=config.batch_size, precision=result.precision, device=result.device,
-            )
+    files = {name: splits[name].path for name in ("dev", "test") if name in splits}
+    out.reports = evaluate_kept_model(out.model_dir, files, "cls", config, result)
     return out

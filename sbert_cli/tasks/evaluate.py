@@ -297,6 +297,15 @@ def evaluate(
     return result
 
 
+def evaluate_kept_model(model_dir: Path, files: dict[str, Path], task: str, config, result) -> dict:
+    """A training run's closing reports: `evaluate` on each of `files` ({"dev": path, "test": path}) with the kept
+    model, written to OUT/eval-<split>, at the run's batch size (config: its TrainConfig), device and precision
+    (result: its TrainResult)."""
+    return {name: evaluate(model_dir, path, task=task, out_dir=Path(config.out_dir) / f"eval-{name}", force=True,
+                           batch_size=config.batch_size, precision=result.precision, device=result.device)
+            for name, path in files.items()}
+
+
 # --- masked LM ---------------------------------------------------------------------------------------------
 
 

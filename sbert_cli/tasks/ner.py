@@ -341,13 +341,9 @@ def train_tagger(options: NerOptions, config: TrainConfig, callbacks: Callbacks 
     out = NerResult(result, labels, tag_names, splits["train"].scheme, None, new_head=new_head)
     if not env.is_main or result.interrupted:
         return out
-    out.model_dir = kept_model_dir(config.out_dir)
-    from sbert_cli.tasks.evaluate import evaluate
+    from sbert_cli.tasks.evaluate import evaluate_kept_model
 
-    for name in ("dev", "test"):
-        if name in splits:
-            out.reports[name] = evaluate(
-                out.model_dir, splits[name].path, task="ner", out_dir=Path(config.out_dir) / f"eval-{name}", force=True,
-                batch_size=config.batch_size, precision=result.precision, device=result.device,
-            )
+    out.model_dir = kept_model_dir(config.out_dir)
+    files = {name: splits[name].path for name in ("dev", "test") if name in splits}
+    out.reports = evaluate_kept_model(out.model_dir, files, "ner", config, result)
     return out
