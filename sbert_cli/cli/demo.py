@@ -90,7 +90,7 @@ def _render_stage(stage) -> None:
 
         _print_run_summary(stage.result.train)
     elif stage.name == "eval":
-        from sbert_cli.cli.report import render_classification
+        from sbert_cli.cli.eval import render_classification
 
         render_classification(stage.result.to_json())
     elif stage.name == "baseline":
@@ -98,7 +98,7 @@ def _render_stage(stage) -> None:
         console.print(f"{f['features']:,} features, trained in {f['train_seconds']:.1f} s: "
                       f"dev accuracy [bold]{f['accuracy']:.4f}[/], macro-F1 {f['macro_f1']:.4f}")
     elif stage.name == "predict":
-        from sbert_cli.cli.report import render_predictions_table
+        from sbert_cli.cli.predict import render_predictions_table
 
         render_predictions_table(stage.result, top_k=1)
     elif stage.name == "fill-mask":

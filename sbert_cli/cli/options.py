@@ -89,6 +89,9 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per fo
 MaxSeqLen = Annotated[Optional[int], typer.Option("--max-seq-len", help="Truncate texts to this many tokens (default: the length the model was trained with, else its positions).", rich_help_panel=INFERENCE)]
 # 0.1 spelled it --max-length in eval and predict; kept, hidden, for one release.
 MaxLengthAlias = Annotated[Optional[int], typer.Option("--max-length", hidden=True)]
+# embed, similar and serve: the model and its pooling.
+Model = Annotated[str, typer.Option("--model", "-m", help="Model dir (sbert, Hugging Face or sentence-transformers) or hub repo id.", rich_help_panel=INFERENCE)]
+Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean (over real tokens), cls or pooler. Default: a sentence-transformers dir's own, else mean.", rich_help_panel=INFERENCE)]
 
 
 def set_threads(threads: int | None) -> None:

@@ -1,4 +1,5 @@
-"""The training progress bar: TrainingProgress, the loop's Callbacks rendered with rich on the main process.
+"""Progress bars: TrainingProgress (the training loop's Callbacks, rendered with rich on the main process) and
+progress_bar (the inference commands' bar on stderr, as the library's progress callback).
 
 The ETA comes from the last steps only (a moving window), so slow first steps (allocation, a cold
 cache) do not inflate it for the whole run; a throughput that collapses to a quarter of its best is
@@ -8,6 +9,7 @@ reported once, with what usually causes it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 
 from rich.console import Console
@@ -111,3 +113,30 @@ class TrainingProgress(Callbacks):
 
     def end(self) -> None:
         self.progress.stop()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """A progress bar on stderr (hidden when stderr is not a terminal); yields the library's progress callback."""
+    from sbert_cli.cli.app import err_console
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(done: int, new_total: int | None) -> None:
+            if new_total is not None:
+                bar.update(task, total=new_total)
+            bar.advance(task, done)
+
+        yield advance

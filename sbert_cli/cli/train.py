@@ -111,7 +111,7 @@ def train_cls(
     if not main:
         return
     _print_run_summary(result.train)
-    from sbert_cli.cli.report import (
+    from sbert_cli.cli.eval import (
         render_classification,  # the same report as `sbert eval`
     )
 

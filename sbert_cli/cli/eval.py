@@ -1,16 +1,15 @@
-"""sbert eval and sbert predict: reports and predictions people read at a glance.
+"""sbert eval: a classification report and confusion matrix, or masked-token accuracy and perplexity, read at a
+glance (render_classification is also train-cls's and the demo's report).
 
-Results go to stdout (a rich report, or JSON with --json); progress bars and throughput go to stderr,
+Results go to stdout (a rich report, or JSON with --json); the progress bar and throughput go to stderr,
 so stdout stays clean for pipes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import click
 import typer
@@ -19,31 +18,8 @@ from rich.text import Text
 
 from sbert_cli.cli.app import app, console, err_console
 from sbert_cli.cli.options import MODEL_RUN_OPTIONS, set_threads, with_options
+from sbert_cli.cli.progress import progress_bar
 from sbert_cli.limits import MASKING_SEED
-
-@contextlib.contextmanager
-def _progress_bar(description: str, total: int | None = None):
-    """A progress bar on stderr (hidden when stderr is not a terminal); yields the library's progress callback."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(done: int, new_total: int | None) -> None:
-            if new_total is not None:
-                bar.update(task, total=new_total)
-            bar.advance(task, done)
-
-        yield advance
 
 
 @app.command("eval")
@@ -62,7 +38,7 @@ def eval_command(
     from sbert_cli.tasks.evaluate import default_out_dir, evaluate
 
     set_threads(run["threads"])
-    with _progress_bar("evaluating") as progress:
+    with progress_bar("evaluating") as progress:
         result = evaluate(
             model, data, task=task, out_dir=out or default_out_dir(model, data), force=force, batch_size=run["batch_size"],
             precision=run["precision"], device=run["device"], max_length=run["max_seq_len"] or run["max_length"], seed=seed,
@@ -155,65 +131,3 @@ def _render_mlm(summary: dict) -> None:
     console.print(table)
     if summary["files"]:
         console.print(Text(f"wrote {summary['files']['metrics']}"))
-
-
-@app.command("predict")
-@with_options(MODEL_RUN_OPTIONS)
-def predict_command(
-    texts: Optional[List[str]] = typer.Argument(None, metavar="TEXT", help="Texts to classify (or use --file, or pipe one text per line)."),
-    model: str = typer.Option(..., "--model", "-m", help="Classifier model dir or hub repo id."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="Texts to classify: one per line, text<TAB>label, CSV or JSONL; - for stdin."),
-    top_k: int = typer.Option(1, "--top-k", "-k", help="Labels to show per text, most probable first."),
-    output_format: Optional[str] = typer.Option(None, "--format", help="table, tsv or jsonl (default: table on a terminal, tsv in a pipe)."),
-    as_json: bool = typer.Option(False, "--json", help="JSON lines: {\"text\": ..., \"labels\": [{\"label\": ..., \"score\": ...}]}."),
-    **run,
-) -> None:
-    """Classify texts: label names with probabilities."""
-    from sbert_cli.errors import ConfigError
-    from sbert_cli.tasks.cls_predict import load_classifier, predict_stream, read_inputs
-
-    if as_json and output_format not in (None, "jsonl"):
-        raise ConfigError(f"--json and --format {output_format} disagree; give one of them")
-    output_format = "jsonl" if as_json else output_format or ("table" if console.is_terminal else "tsv")
-    if output_format not in ("table", "tsv", "jsonl"):
-        raise ConfigError(f"--format must be table, tsv or jsonl, not {output_format!r}")
-    inputs = read_inputs(texts or [], file)  # before loading the model: a missing input fails fast
-    set_threads(run["threads"])
-    classifier = load_classifier(model, batch_size=run["batch_size"], precision=run["precision"], device=run["device"],
-                                 max_length=run["max_seq_len"] or run["max_length"])
-    with _progress_bar("predicting", inputs.total) as progress:
-        predictions = predict_stream(classifier, inputs.items, top_k, progress=progress)
-        if output_format == "table":
-            render_predictions_table(list(predictions), top_k)
-        else:
-            for prediction in predictions:
-                sys.stdout.write(_prediction_line(prediction, output_format) + "\n")
-            sys.stdout.flush()
-    blank = inputs.read.blank_lines
-    if blank:  # on stderr: stdout keeps one prediction per text
-        err_console.print(f"note: skipped {blank} blank line{'s' if blank != 1 else ''} (no text to classify)", markup=False)
-    err_console.print(f"predict: {classifier.runtime.summary('texts')}")
-
-
-def _prediction_line(prediction, output_format: str) -> str:
-    if output_format == "jsonl":
-        return json.dumps(prediction.to_json(), ensure_ascii=False)
-    text = " ".join(prediction.text.replace("\t", " ").splitlines())
-    return "\t".join([text] + [f"{label}\t{score:.4f}" for label, score in prediction.labels])
-
-
-def render_predictions_table(predictions: list, top_k: int) -> None:
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    table.add_column("text", overflow="fold")
-    table.add_column("label" if top_k == 1 else "labels")
-    if top_k == 1:
-        table.add_column("score", justify="right")
-    for prediction in predictions:
-        if top_k == 1:
-            label, score = prediction.labels[0]
-            table.add_row(Text(prediction.text), Text(label), f"{score:.4f}")
-        else:
-            table.add_row(Text(prediction.text), Text("  ".join(f"{label} {score:.4f}" for label, score in prediction.labels)))
-    console.print(table)
