@@ -1,5 +1,7 @@
 """Errors the user can act on. Library code raises them; only the CLI turns them into exit code 1."""
 
+import re
+
 
 class SbertError(Exception):
     """Base class: the message says what happened and what to do."""
@@ -48,14 +50,20 @@ _OS_ADVICE = {
 }
 
 
+# sbert's temp entries beside what it writes: `.NAME.tmp-PID` (being written) and `.NAME.old-PID` (being replaced).
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+
+
 def os_error_message(error: OSError, path=None) -> str:
     """One line for an OSError: the path (given, or the error's own; else standard output when `path` says so),
-    what the OS said, and what to do."""
+    what the OS said, and what to do. A temp entry is named as what it was to become."""
     import errno
     import os
 
     name = errno.errorcode.get(error.errno or 0, "")
     where = path if path is not None else error.filename
+    if isinstance(where, str) and TEMP_NAME.match(os.path.basename(where)):
+        where = os.path.join(os.path.dirname(where), TEMP_NAME.match(os.path.basename(where))["name"])
     reason = os.strerror(error.errno) if error.errno else (str(error) or type(error).__name__)
     advice = _OS_ADVICE.get(name, "")
     if where == "standard output":

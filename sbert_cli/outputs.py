@@ -26,13 +26,12 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import stat
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from sbert_cli.errors import ConfigError, OutputError, os_error_message
+from sbert_cli.errors import TEMP_NAME, ConfigError, OutputError, os_error_message
 
 MANIFEST = ".sbert-outputs.json"
 PROBE_CACHE = ".sbert-mlm-probe.json"  # a model dir's MLM-head verdict (tasks/probe.py): bookkeeping, not a result
@@ -74,9 +73,8 @@ class OutputDir:
         if not files:
             (self.path / MANIFEST).unlink(missing_ok=True)
             return
-        tmp = self.path / f".{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"format": 1, "files": sorted(files)}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path / MANIFEST)
+        write_text(self.path / MANIFEST, json.dumps({"format": 1, "files": sorted(files)}, indent=1, ensure_ascii=False) + "\n",
+                   force=True)
 
     def record(self, *entries: str | Path) -> None:
         """Record files (or every file under folders) of this folder as sbert's; give paths inside it."""
@@ -331,7 +329,6 @@ def _remove(path: Path) -> None:
 
 # ------------------------------------------------------------------------------ writing one file or folder
 
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
 
 
 def temp_path(path: Path, kind: str = "tmp") -> Path:
@@ -359,7 +356,7 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
     except OSError:
         return removed
     for child in children:
-        match = _TEMP_NAME.match(child.name)
+        match = TEMP_NAME.match(child.name)
         if not match or (name is not None and match["name"] != name):
             continue
         pid = int(match["pid"])

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sbert_cli.errors import DataError
+from sbert_cli.errors import DataError, OutputError, os_error_message
 from sbert_cli.limits import is_int, is_number
-from sbert_cli.outputs import OutputDir
+from sbert_cli.outputs import OutputDir, place_folder, temp_path, write_text
 from sbert_cli.model.tokenizer import BertTokenizer
 
 MANIFEST = "manifest.json"
@@ -63,14 +63,17 @@ class MLMExample:
 
 def prepare_output_dir(out: Path, force: bool, reads: tuple = ()) -> OutputDir:
     """Make `out` ready for writing and lock it (see outputs.py); `.created` says whether it was created.
-    Refuses a non-empty dir unless force; forced, removes only what an earlier make-mlm-data run wrote."""
+    Refuses a non-empty dir unless force; forced, removes only what an earlier make-mlm-data run wrote. The
+    shards of a run that never finished (no manifest.json, only sbert's files: it was killed) are no data and
+    need no force: the same command run again replaces them."""
     outputs = OutputDir(out)
     earlier = [MANIFEST] + [p.name for p in out.glob(f"{SHARD_PREFIX}*")] if out.is_dir() else []
-    outputs.check(force, will_write=earlier, reads=reads,
+    unfinished = out.is_dir() and not (out / MANIFEST).exists() and not outputs.foreign()
+    outputs.check(force or unfinished, will_write=earlier, reads=reads,
                   not_empty="directory exists and is not empty; pass `force` to overwrite or choose another `out`")
     outputs.created = not out.exists()
     outputs.acquire()
-    if force:
+    if force or unfinished:
         outputs.clear()
     return outputs
 
@@ -113,14 +116,19 @@ class ShardWriter:
         if not self._sequences:
             return
         name = f"{SHARD_PREFIX}{len(self.shards):05d}"
-        shard_dir = self.out / name
-        shard_dir.mkdir()
+        shard_dir = temp_path(self.out / name)  # whole or absent: a killed run leaves only a temp the next one removes
         arrays = {key: np.concatenate(parts) for key, parts in self._parts.items()}
         arrays["offsets"] = _offsets(np.concatenate(self._lengths))
         if self._masked_counts:
             arrays["masked_offsets"] = _offsets(np.concatenate(self._masked_counts))
-        for key, array in arrays.items():
-            np.save(shard_dir / f"{key}.npy", array, allow_pickle=False)
+        try:
+            shard_dir.mkdir()
+            for key, array in arrays.items():
+                np.save(shard_dir / f"{key}.npy", array, allow_pickle=False)
+            place_folder(shard_dir, self.out / name)
+        except OSError as e:  # a full disk, `ulimit -f`
+            shutil.rmtree(shard_dir, ignore_errors=True)
+            raise OutputError(os_error_message(e, self.out / name)) from None
         OutputDir(self.out).record(name)
         self.shards.append({
             "name": name,
@@ -139,9 +147,7 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 def write_manifest(out: Path, manifest: dict) -> None:
     """manifest.json, atomically: a reader sees the old state or the complete new one."""
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", force=True)
     OutputDir(out).record(MANIFEST)
 
 

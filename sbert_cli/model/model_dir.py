@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from sbert_cli.errors import ConfigError, ModelLoadError, WeightMismatchError
+from sbert_cli.errors import ConfigError, ModelLoadError, OutputError, WeightMismatchError, os_error_message
 from sbert_cli.limits import is_int
 from sbert_cli.model.bert import (
     BertForMaskedLM,
@@ -365,7 +366,10 @@ def write_model_dir(
     tmp = temp_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_files(tmp, config_json, tensors, tokenizer, meta, tokenizer_config)
+        try:
+            _write_files(tmp, config_json, tensors, tokenizer, meta, tokenizer_config)
+        except (OSError, SafetensorError) as e:  # a full disk, `ulimit -f`, a read-only folder
+            raise OutputError(os_error_message(e, out_dir) if isinstance(e, OSError) else f"{out_dir}: cannot write ({e})") from None
         if out_dir.exists() and OutputDir(out_dir).foreign():
             OutputDir(out_dir).install(tmp)  # a user's files stay: sbert's are replaced one rename each
         else:  # missing, empty or only sbert's: one rename, so out_dir is the old whole or the new

@@ -278,6 +278,7 @@ class Trainer:
 
     def write_run_record(self, run_info: dict) -> None:
         from sbert_cli.model.precision import describe_machine
+        from sbert_cli.outputs import write_text
 
         record = {
             "task": self.task.model_task, **run_info, "train": {**asdict(self.config), "out_dir": str(self.out_dir)},
@@ -287,7 +288,7 @@ class Trainer:
             "machine": describe_machine(),  # CPU model and native bf16, threads: what the run's numbers came from
         }
         text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-        (self.out_dir / "run.json").write_text(text, encoding="utf-8")
+        write_text(self.out_dir / "run.json", text, force=True)  # whole or the earlier one, never half (outputs.py)
         self.outputs.record("run.json")
 
     # -- the loop
