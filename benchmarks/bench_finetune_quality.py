@@ -91,11 +91,14 @@ def run_sbert(args, seed: int, train: Path, dev: Path, labels: Path, work: Path)
 
 
 def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labels: Path, work: Path,
-                     pretrained: bool = True, checkpoint_case: bool = False) -> dict:
+                     pretrained: bool = True, checkpoint_case: bool = False, save: bool = False,
+                     optim: str | None = "adamw_torch") -> dict:
     """transformers' Trainer at `recipe` (sbert's choice); dev accuracy after every epoch.
 
     pretrained=False: the same model shape with random weights — what a loop gets when the checkpoint's
-    weights silently fail to load (the diagnosis of the issue's 0.229)."""
+    weights silently fail to load (the diagnosis of the issue's 0.229). save: a checkpoint per epoch, as sbert writes
+    (for timing whole runs). optim: Trainer's optimizer name; None: Trainer's default (adamw_torch_fused on torch
+    >= 2.8)."""
     import numpy as np
     import torch
     import transformers
@@ -131,8 +134,8 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
         output_dir=str(work / f"transformers-{seed}"), learning_rate=recipe["lr"], warmup_steps=recipe["warmup_steps"],
         lr_scheduler_type="linear", num_train_epochs=args.epochs, per_device_train_batch_size=recipe["batch_size"],
         per_device_eval_batch_size=64, weight_decay=recipe["weight_decay"], max_grad_norm=recipe["max_grad_norm"] or 0.0,
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", seed=seed,
-        eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", report_to="none", use_cpu=True,
+        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, seed=seed, **({"optim": optim} if optim else {}),
+        eval_strategy="epoch", save_strategy="epoch" if save else "no", logging_strategy="epoch", report_to="none", use_cpu=True,
         bf16=args.precision == "bf16", disable_tqdm=True, dataloader_num_workers=0,
         label_smoothing_factor=recipe["label_smoothing"],
     )
