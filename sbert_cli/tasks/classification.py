@@ -82,7 +82,7 @@ def resolve_files(options: ClassifierOptions) -> tuple[Path, Path | None, Path |
             if Path(given).is_dir():
                 raise DataError(f"{given}: is a folder; give a file (TSV, CSV or JSONL), or a folder holding {name} "
                                 "as `data_dir`")
-            if not Path(given).is_file():
+            if not Path(given).exists():  # a FIFO or device is read too (the reader bounds it)
                 raise DataError(f"{given}: no such file")
             return Path(given)
         if data_dir is not None and not explicit and (Path(data_dir) / name).is_file():
@@ -230,6 +230,8 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     if callbacks is not None and env.is_main:
         sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
         callbacks.message(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
+        for note in splits["train"].notes:  # integer labels without names (data/classification.py)
+            callbacks.message(f"note: {note}")
         if new_head and options.config_name is None:
             callbacks.message(f"note: new classification head, initialised fresh: {', '.join(new_head)}")
         if tokenizer.case_note:
