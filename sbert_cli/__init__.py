@@ -2,7 +2,7 @@
 
 __version__ = "0.2.0"  # the one place the version is written: pyproject.toml reads it
 
-__all__ = ["__version__", "embed", "load_model", "load_tokenizer"]
+__all__ = ["__version__", "embed", "load_model", "load_tokenizer", "ner", "load_tagger"]
 
 
 def __getattr__(name):
@@ -15,4 +15,8 @@ def __getattr__(name):
         from sbert_cli.tasks.embedding import embed
 
         return embed
+    if name in ("ner", "load_tagger"):
+        from sbert_cli.tasks import ner_predict
+
+        return getattr(ner_predict, name)
     raise AttributeError(f"module 'sbert_cli' has no attribute {name!r}")

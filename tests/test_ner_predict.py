@@ -180,3 +180,42 @@ def test_a_text_classifier_is_not_a_tagger(tmp_path, hf_cls_dir):
 
     with pytest.raises(ModelLoadError, match="not sbert's BIOES tag set"):
         load_tagger(hf_cls_dir, device="cpu")
+
+
+def cli(*args, **kwargs):
+    from typer.testing import CliRunner
+
+    from sbert_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
+
+
+def test_cli_predict_tags_arguments_stdin_and_files_alike(tagger_dir, tmp_path):
+    model_dir, _ = tagger_dir
+    run = ("--model", model_dir, "--device", "cpu", "--precision", "fp32")
+    lines = cli("predict", *run, "--json", "张伟昨天去了北京。", "王芳在华为公司工作。")
+    assert lines.exit_code == 0, lines.output
+    rows = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert rows[0]["text"] == "张伟昨天去了北京。" and [e["text"] for e in rows[0]["entities"]] == ["张伟", "北京"]
+    piped = cli("predict", *run, "--json", input="张伟昨天去了北京。\n\n王芳在华为公司工作。\n")
+    assert [json.loads(line) for line in piped.stdout.splitlines()] == rows
+    assert "skipped 1 blank line (no text to tag)" in piped.stderr
+    table = cli("predict", *run, "--format", "table", "张伟昨天去了北京。")
+    assert table.stdout.strip() == "张伟[PER]昨天去了北京[LOC]。"  # colours when on a terminal
+    tsv = cli("predict", *run, "张伟昨天去了北京。")  # a pipe: TSV
+    assert tsv.stdout == "张伟昨天去了北京。\t0-2:PER:张伟\t6-8:LOC:北京\n"
+    wrong = cli("predict", *run, "--top-k", "2", "张伟")
+    assert wrong.exit_code == 1 and "--top-k is for classifiers" in wrong.stderr
+
+
+def test_cli_eval_reports_entity_scores(tagger_dir, tmp_path):
+    model_dir, dev = tagger_dir
+    result = cli("eval", "--model", model_dir, "--data", dev, "--json", "--out", tmp_path / "report", "--device", "cpu",
+                 "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["task"] == "ner" and set(report["per_label"]) == {"LOC", "ORG", "PER"}
+    assert {"entity_f1", "precision", "recall", "macro_f1", "errors", "num_wrong_sentences"} <= set(report)
+    assert (tmp_path / "report" / "wrong_sentences.tsv").is_file()
+    shown = cli("eval", "--model", model_dir, "--data", dev, "--device", "cpu", "--precision", "fp32")
+    assert shown.exit_code == 0 and "micro avg" in shown.stdout and "boundary" in shown.stdout

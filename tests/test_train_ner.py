@@ -169,3 +169,26 @@ def test_resume_with_or_without_the_crf_is_refused(tmp_path, data):
 def test_bad_options_are_one_line_errors(tmp_path, data, change, message):
     with pytest.raises(ConfigError, match=message):
         train_tagger(options(data, **change), config(tmp_path / "run"))
+
+
+def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_path):
+    from typer.testing import CliRunner
+
+    import sbert_cli.cli.train_ner  # noqa: F401  (registers train-ner)
+    from sbert_cli.cli import app
+    from sbert_cli.resources import NER_SAMPLE_DEV, NER_SAMPLE_TRAIN
+
+    train = tmp_path / "train.txt"  # the bundled sample's first 300 sentences: BMES
+    train.write_text("\n\n".join(NER_SAMPLE_TRAIN.read_text(encoding="utf-8").split("\n\n")[:300]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-ner", "--train", str(train), "--dev", str(NER_SAMPLE_DEV), "--config", "tiny",
+                                      "--crf", "--out", str(out), "--epochs", "1", "--max-seq-len", "64", "--no-plot",
+                                      "--precision", "fp32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "scheme BMES" in lines[0] and "3 entity types: LOC, ORG, PER" in lines[0]
+    assert any("CRF lr" in line and "crf_lr_scale" not in line for line in lines[:4])  # the CLI names flags: --crf-lr-scale
+    assert "dev (best model)" in result.stdout and "micro avg" in result.stdout
+    assert (out / "eval-dev" / "wrong_sentences.tsv").is_file()
+    report = json.loads((out / "eval-dev" / "metrics.json").read_text())
+    assert report["task"] == "ner" and report["scheme"] == "BMES"

@@ -170,8 +170,8 @@ def _stdout_fine() -> bool:
 app = typer.Typer(
     cls=SbertGroup,
     name="sbert",
-    help="Chinese BERT toolkit: download, convert-weights, make-mlm-data, pretrain, train-cls, eval, predict, fill-mask, "
-    "plot, embed, similar, serve, demo.",
+    help="Chinese BERT toolkit: download, convert-weights, make-mlm-data, pretrain, train-cls, train-ner, eval, predict, "
+    "fill-mask, plot, embed, similar, serve, demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -1,5 +1,6 @@
-"""sbert eval: a classification report and confusion matrix, or masked-token accuracy and perplexity, read at a
-glance (render_classification is also train-cls's and the demo's report).
+"""sbert eval: a classification report and confusion matrix, masked-token accuracy and perplexity, or a tagger's
+entity scores, read at a glance (render_classification is also train-cls's and the demo's report, render_ner
+train-ner's).
 
 Results go to stdout (a rich report, or JSON with --json); the progress bar and throughput go to stderr,
 so stdout stays clean for pipes.
@@ -26,15 +27,15 @@ from sbert_cli.limits import MASKING_SEED
 @with_options(MODEL_RUN_OPTIONS)
 def eval_command(
     model: str = typer.Option(..., "--model", "-m", help="Model dir (sbert or Hugging Face format) or hub repo id."),
-    data: Path = typer.Option(..., "--data", "-d", help="cls: labelled TSV/CSV/JSONL file. mlm: make-mlm-data folder or raw text file."),
-    task: Optional[str] = typer.Option(None, "--task", help="cls or mlm; inferred from the model dir when not given."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
+    data: Path = typer.Option(..., "--data", "-d", help="cls: labelled TSV/CSV/JSONL file. mlm: make-mlm-data folder or raw text file. ner: entity file (CoNLL, JSONL, CLUENER)."),
+    task: Optional[str] = typer.Option(None, "--task", help="cls, mlm or ner; inferred from the model dir when not given."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json (cls: also confusion_matrix.png, misclassified.tsv; ner: wrong_sentences.tsv); a rerun replaces its own report. Default: RUN/eval-<data name> for a run's best/ or last/, else no files."),
     force: bool = typer.Option(False, "--force", hidden=True, help="Accepted for compatibility: a report replaces its own earlier files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of tables."),
     seed: int = typer.Option(MASKING_SEED, "--seed", help="mlm: masking seed for raw text (make-mlm-data's default) and --no-mask shards."),
     **run,
 ) -> None:
-    """Evaluate a model: classification report and confusion matrix (cls), or masked-token accuracy and perplexity (mlm)."""
+    """Evaluate a model: classification report and confusion matrix (cls), masked-token accuracy and perplexity (mlm), or entity precision, recall and F1 (ner)."""
     from sbert_cli.tasks.evaluate import default_out_dir, evaluate
 
     set_threads(run["threads"])
@@ -49,9 +50,11 @@ def eval_command(
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     elif result.task == "cls":
         render_classification(summary)
+    elif result.task == "ner":
+        render_ner(summary)
     else:
         _render_mlm(summary)
-    unit = "examples" if result.task == "cls" else "sequences"
+    unit = {"cls": "examples", "ner": "sentences"}.get(result.task, "sequences")
     err_console.print(f"eval: {result.runtime.summary(unit)}")
 
 
@@ -110,6 +113,44 @@ def _confusion_table(matrix: list[list[int]], labels: list[str]):
                 cells.append("[dim]0[/]")
         table.add_row(Text(f"{i} {name}"), *cells)
     return table
+
+
+def render_ner(summary: dict) -> None:
+    """A tagger's report (also train-ner's): entity precision, recall and F1 per type, micro and macro, and the
+    errors by kind."""
+    from rich.table import Table
+
+    console.print(
+        f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_sentences']:,} "
+        f"sentences, {summary['support']:,} entities (exact spans; the file's scheme {summary['scheme']})",
+        soft_wrap=True,
+    )
+    report = Table(box=None, pad_edge=False)
+    report.add_column("type")
+    for name in ("precision", "recall", "f1", "support"):
+        report.add_column(name, justify="right")
+    for label, row in summary["per_label"].items():
+        report.add_row(Text(label), *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), f"{row['support']:,}")
+    report.add_section()
+    report.add_row("[bold]micro avg[/]", f"{summary['precision']:.4f}", f"{summary['recall']:.4f}",
+                   f"[bold]{summary['entity_f1']:.4f}[/]", f"{summary['support']:,}")
+    report.add_row("macro avg", "", "", f"{summary['macro_f1']:.4f}", f"{summary['support']:,}")
+    console.print(report)
+    errors = Table(title="errors per type (type: same span, other type; boundary: overlapping, same type)",
+                   title_justify="left", box=None, pad_edge=False)
+    errors.add_column("type")
+    kinds = list(next(iter(summary["errors"].values()), {}))
+    for kind in kinds:
+        errors.add_column(kind.replace("_", " "), justify="right")
+    for label, row in summary["errors"].items():
+        errors.add_row(Text(label), *(f"[red]{row[k]}[/]" if row[k] else "[dim]0[/]" for k in kinds))
+    console.print(errors)
+    wrong = f"{summary['num_wrong_sentences']:,} sentences with a wrong or missed entity"
+    if summary["files"]:
+        console.print(Text(f"wrote {summary['files']['metrics']}, {summary['files']['wrong_sentences']} ({wrong})"),
+                      soft_wrap=True)
+    else:
+        console.print(f"{wrong}; --out DIR writes the report files")
 
 
 def _render_mlm(summary: dict) -> None:

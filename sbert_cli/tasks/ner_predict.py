@@ -13,10 +13,10 @@ only after B-X or I-X; a sentence starts with O, B- or S-, and ends with O, E- o
 An entity's `score` is the mean, over its words, of the probability of the word's decoded tag: the CRF's
 marginal probability (forward-backward) with a CRF, the softmax probability without.
 
-Also here: `ner` (the Python API: `from sbert_cli import ner`), `Tagger` (a loaded model for repeated calls), `load_tagger`, `window_scores` (batched model runs over
-windows), `predict_stream` / `NerPrediction` (streamed predictions for the CLI), and `evaluate_tagger` / `NerEvaluation`
-(what `sbert eval` reports on a tagger: tasks/ner_metrics.py's entity scores on exactly these predictions; the
-report files are written by tasks/evaluate.py).
+Also here: `ner` (the Python API: `from sbert_cli import ner`), `Tagger` (a loaded model for repeated calls),
+`load_tagger`, `is_tagger`, `window_scores` (batched model runs over windows), `predict_stream` / `NerPrediction`
+(streamed predictions for the CLI), and `evaluate_tagger` / `NerEvaluation` (what `sbert eval` reports on a
+tagger: tasks/ner_metrics.py's entity scores on exactly these predictions; the report files are written by tasks/evaluate.py).
 """
 
 from __future__ import annotations
@@ -184,6 +184,14 @@ class Tagger:
             progress(len(texts), None)
         self.runtime.add(len(texts), sum(len(w.input_ids) for w in flat), time.perf_counter() - start)
         return found
+
+
+def is_tagger(model: str | Path) -> bool:
+    """Whether a model dir (or repo id) holds a tagger: its sbert.json says task ner. Reads no weights."""
+    from sbert_cli.model.model_dir import SBERT_META, read_meta, resolve_model_dir
+
+    meta = resolve_model_dir(model) / SBERT_META
+    return meta.is_file() and read_meta(meta).get("task") == "ner"
 
 
 def load_tagger(model: str | Path, *, batch_size: int = 64, precision: str = "auto", device: str = "auto",
