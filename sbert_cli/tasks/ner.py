@@ -27,6 +27,7 @@ from torch import nn
 from sbert_cli.data.batching import pad_batch
 from sbert_cli.errors import ConfigError
 from sbert_cli.tasks.lr_rule import with_chosen_lr
+from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
@@ -127,32 +128,6 @@ def tagging_loss(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Te
     return nll(scores, mask, tags, crf.transitions, crf.start_scores, crf.end_scores)
 
 
-def entity_counts(gold: list, predicted: list, labels: list[str]) -> np.ndarray:
-    """(len(labels), 3): per entity type, exact-span matches, predicted spans and gold spans (sums over sentences)."""
-    counts = np.zeros((len(labels), 3), dtype=np.float64)
-    row = {label: i for i, label in enumerate(labels)}
-    for gold_spans, predicted_spans in zip(gold, predicted):
-        gold_set = {(s.start, s.end, s.label) for s in gold_spans}
-        predicted_set = {(s.start, s.end, s.label) for s in predicted_spans}
-        for column, spans in enumerate((gold_set & predicted_set, predicted_set, gold_set)):
-            for _, _, label in spans:
-                counts[row[label], column] += 1
-    return counts
-
-
-def f1_from_counts(counts: np.ndarray) -> dict[str, float]:
-    """entity_f1 (micro), precision, recall and macro_f1 from entity_counts's rows, as ner_metrics.score_entities
-    defines them (a test holds the two equal), from sums the loop can add up across batches and processes."""
-    def f1(tp, pred, gold):
-        return float(2 * tp / (pred + gold)) if pred + gold else 0.0
-
-    tp, pred, gold = counts.sum(0)
-    seen = [row for row in counts if row[1] + row[2]]  # the macro average is over the types that occur, as seqeval's
-    return {"entity_f1": f1(tp, pred, gold), "precision": float(tp / pred) if pred else 0.0,
-            "recall": float(tp / gold) if gold else 0.0,
-            "macro_f1": float(np.mean([f1(*row) for row in seen])) if seen else 0.0}
-
-
 class TaggingTask(Task):
     model_task = "ner"
     eval_data_fields = "dev data (`dev_file`)"
@@ -209,14 +184,15 @@ class TaggingTask(Task):
         predicted = dict(zip(with_words, tags)) if with_words else {}
         found = [spans_from_word_tags([self.tag_names[t] for t in predicted.get(s, [])], dev.offsets[s]) for s in sentences]
         gold = [dev.data.examples[s].spans for s in sentences]
-        counts = entity_counts(gold, found, self.labels)
+        counts = entity_counts(gold, found, self.labels)  # summable: the loop adds them over batches and processes
         words_seen = float(tensors["word_mask"].sum()) if with_words else 0.0
         return torch.cat([torch.tensor([float(loss), words_seen], dtype=torch.float64),
                           torch.from_numpy(counts.ravel())]).to(tensors["sentences"].device)
 
     def eval_metrics(self, sums):
-        counts = sums[2:].view(len(self.labels), 3).numpy()
-        return {"loss": float(sums[0] / max(float(sums[1]), 1.0)), **f1_from_counts(counts)}
+        scores = scores_from_counts(sums[2:].view(len(self.labels), 3).numpy(), self.labels)
+        return {"loss": float(sums[0] / max(float(sums[1]), 1.0)),
+                **{k: scores[k] for k in ("entity_f1", "precision", "recall", "macro_f1")}}
 
     def fingerprint(self):
         digest = hashlib.sha256()
