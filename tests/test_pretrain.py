@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_pretraining_lowers_held_out_loss_and_writes_usable_model_dirs(tmp_path,
     assert evals[-1]["loss"] < evals[0]["loss"] - 1.0
     assert evals[-1]["loss"] < np.log(21128)  # better than a uniform guess
     assert {"mlm_accuracy", "perplexity"} <= set(evals[-1])
-    assert "held-out: loss" in result.stdout
+    assert re.search(r"held-out \((fp32|bf16 autocast)\): loss", result.stdout)
     mlm = load_for_task(out / "last", "mlm")  # what fill-mask loads
     assert mlm.initialized == []
     cls = load_for_task(out / "best", "cls", labels=["a", "b"], allow_new_head=True)  # what train-cls loads

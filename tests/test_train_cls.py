@@ -44,7 +44,7 @@ def test_tiny_model_learns_thucnews_far_above_chance(trained):
     out, result = trained
     dev = json.loads((out / "eval-dev" / "metrics.json").read_text())
     assert dev["accuracy"] > 0.3  # chance is 0.1
-    assert "dev (best model)" in result.stdout and "entertainment" in result.stdout
+    assert "dev (best model, " in result.stdout and "entertainment" in result.stdout
     assert (out / "eval-test" / "confusion_matrix.png").is_file()
 
 

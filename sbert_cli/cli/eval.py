@@ -19,7 +19,7 @@ from rich.text import Text
 
 from sbert_cli.cli.app import app, console, err_console
 from sbert_cli.cli.options import MODEL_RUN_OPTIONS, set_threads, with_options
-from sbert_cli.cli.progress import progress_bar
+from sbert_cli.cli.progress import precision_words, progress_bar
 from sbert_cli.limits import MASKING_SEED
 
 
@@ -62,7 +62,8 @@ def render_classification(summary: dict) -> None:
     from rich.table import Table
 
     console.print(
-        f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_examples']:,} examples",
+        f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_examples']:,} examples, "
+        f"{precision_words(summary['runtime']['precision'])}",
         soft_wrap=True,
     )
     report = Table(box=None, pad_edge=False)
@@ -159,7 +160,7 @@ def _render_mlm(summary: dict) -> None:
     masked_by = "masked by make-mlm-data" if summary["seed"] is None else f"masked here with seed {summary['seed']}"
     console.print(
         f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_sequences']:,} sequences, "
-        f"{summary['num_predictions']:,} masked tokens ({masked_by})",
+        f"{summary['num_predictions']:,} masked tokens ({masked_by}), {precision_words(summary['runtime']['precision'])}",
         soft_wrap=True,
     )
     table = Table(box=None, show_header=False, pad_edge=False)

@@ -22,7 +22,9 @@ COLLAPSE_AFTER = 3  # logged rates seen before a collapse may be called
 
 
 class TrainingProgress(Callbacks):
-    """Callbacks that draw a progress bar and print the loop's messages on `console`."""
+    """Callbacks that draw a progress bar and print the loop's messages on `console`; on a console that is not a
+    terminal (nohup, a job scheduler, `> log`), where a bar only shows once it is done, a plain line every logged step
+    (`log_every`) instead, flushed as it is written."""
 
     def __init__(self, console: Console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,23 +42,37 @@ class TrainingProgress(Callbacks):
         self.warned = False
         self.cpu_use = None  # precision.CpuUse from start(): what other processes take of our cores
         self.others_busy = 0.0
+        self.plain = not console.is_terminal  # lines, not a bar
+        self.started = time.perf_counter()
+        self.precision = "fp32"  # how evaluations are computed, in words (precision_words)
 
-    def start(self, step: int, total_steps: int) -> None:
+    def start(self, step: int, total_steps: int, precision: str = "fp32") -> None:
         self.total = total_steps
+        self.precision = precision_words(precision, training=True)
         self.bar_id = self.progress.add_task("train", total=total_steps, completed=step, stats="", eta="?")
-        self.window.append((time.perf_counter(), step))
+        self.started = time.perf_counter()
+        self.window.append((self.started, step))
         from sbert_cli.model.precision import CpuUse
 
         self.cpu_use = CpuUse()
-        self.progress.start()
+        if not self.plain:
+            self.progress.start()
 
     def step(self, step: int, stats: dict | None) -> None:
         self.window.append((time.perf_counter(), step))
         fields = {"eta": self.eta(step)}
         if stats is not None:
             fields["stats"] = f"loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  {stats['tokens_per_s']:,.0f} tok/s"
+            if self.plain:
+                self.line(f"step {step}/{self.total}  {fields['stats']}  elapsed {_clock(time.perf_counter() - self.started)}"
+                          f"  ETA {fields['eta']}")
             self.watch_rate(stats["tokens_per_s"])
         self.progress.update(self.bar_id, completed=step, **fields)
+
+    def line(self, text: str) -> None:
+        """One line, out at once (a file is block-buffered: a log would otherwise fill in bursts)."""
+        self.console.print(text, soft_wrap=True)
+        self.console.file.flush()
 
     def eta(self, step: int) -> str:
         if len(self.window) < 3:  # the first step is no guide (warm-up); wait for two more
@@ -64,10 +80,7 @@ class TrainingProgress(Callbacks):
         (t0, s0), (t1, s1) = self.window[1], self.window[-1]
         if s1 <= s0:
             return "?"
-        seconds = (self.total - step) * (t1 - t0) / (s1 - s0)
-        minutes, secs = divmod(int(seconds + 0.5), 60)
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours}:{minutes:02d}:{secs:02d}"
+        return _clock((self.total - step) * (t1 - t0) / (s1 - s0))
 
     def watch_rate(self, rate: float) -> None:
         self.rates_seen += 1
@@ -101,7 +114,7 @@ class TrainingProgress(Callbacks):
 
     def evaluated(self, step: int, metrics: dict, improved: bool) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        self.message(f"eval step {step}: {shown}" + ("  [green]best[/]" if improved else ""))
+        self.message(f"eval step {step} ({self.precision}): {shown}" + ("  [green]best[/]" if improved else ""))
 
     def message(self, text: str) -> None:
         from sbert_cli.cli.app import in_flags
@@ -109,10 +122,26 @@ class TrainingProgress(Callbacks):
         text = in_flags(text)  # the loop's notes name fields (`lr`); say them as this command's flags
         if text.startswith("note:"):
             text = "[yellow]note:[/]" + text[len("note:"):]
-        self.console.print(text, soft_wrap=True)
+        self.line(text)
 
     def end(self) -> None:
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
+
+
+def precision_words(precision: str, training: bool = False) -> str:
+    """How a figure was computed, to print beside it: in training bf16/fp16 are autocast over fp32 weights; at
+    inference bf16 and int8 are the weights themselves (so the same model may differ in the last digits)."""
+    if precision in ("bf16", "fp16") and training:
+        return f"{precision} autocast"
+    return {"bf16": "bf16 weights", "fp16": "fp16 autocast", "int8": "int8 weights"}.get(precision, precision)
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, set_threads, with_options
-from sbert_cli.cli.progress import TrainingProgress
+from sbert_cli.cli.progress import TrainingProgress, precision_words
 from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, LABEL_SMOOTHING, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
 
 ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from scratch with a fresh model: tiny, small or base.")]
@@ -115,8 +115,8 @@ def train_cls(
         render_classification,  # the same report as `sbert eval`
     )
 
-    for name, evaluation in result.reports.items():
-        console.rule(f"{name} ({result.model_dir.name} model)")
+    for name, evaluation in result.reports.items():  # in the precision the run selected the model with
+        console.rule(f"{name} ({result.model_dir.name} model, {precision_words(result.train.precision)})")
         render_classification(evaluation.to_json())
     if result.model_dir is not None:
         console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
@@ -128,7 +128,9 @@ def _print_run_summary(result) -> None:
     state = "interrupted" if result.interrupted else ("stopped early" if result.early_stopped else "done")
     console.print(f"{state}: step {result.step}/{result.total_steps}, epoch {result.epoch:.2f} ({where})", soft_wrap=True)
     if result.best_step is not None and not result.interrupted:
-        console.print(f"best at step {result.best_step}: {result.best_value:.4f}")
+        metric = f"{result.best_metric} " if result.best_metric else ""
+        console.print(f"best at step {result.best_step}: {metric}{result.best_value:.4f} "
+                      f"({precision_words(result.precision, training=True)}, as evaluated while training)")
     if result.interrupted:
         console.print(f"stopped at step {result.step}; checkpoint saved to {result.checkpoint}", soft_wrap=True)
         console.print(f"resume with: {resume_command()}", soft_wrap=True, markup=False)  # one line, to copy
@@ -168,7 +170,7 @@ def pretrain(
     _print_run_summary(result.train)
     if result.train.last_eval:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in result.train.last_eval.items())
-        console.print(f"held-out: {shown}")
+        console.print(f"held-out ({precision_words(result.train.precision, training=True)}): {shown}")
     console.print(f"model: [bold]{result.model_dir}[/]  (sbert fill-mask --model {result.model_dir} ...)")
 
 

@@ -383,7 +383,7 @@ class Trainer:
                 callbacks.message(f"note: {note}")
             if result.resumed_from is not None:
                 callbacks.message(f"resuming from {result.resumed_from} (step {self.step} of {self.total_steps})")
-            callbacks.start(self.step, self.total_steps)
+            callbacks.start(self.step, self.total_steps, self.precision)
             log = _LogWindow()
             # One thread collates the next step's batches (tokens, dynamic masks) while this step computes.
             with StopRequest(announce=env.is_main) as stop, ThreadPoolExecutor(1, thread_name_prefix="collate") as collator:
@@ -392,7 +392,7 @@ class Trainer:
             callbacks.end()
             if not result.interrupted:
                 self.save_model("last")
-            result.best_value, result.best_step = self.best_value, self.best_step
+            result.best_value, result.best_step, result.best_metric = self.best_value, self.best_step, self.task.best_metric
             if env.is_main and config.plot:
                 self.plot_curves()
             return result

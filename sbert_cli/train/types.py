@@ -182,8 +182,9 @@ class Callbacks:
     Only the main process (rank 0) is given the caller's callbacks; the others report to this silent base.
     """
 
-    def start(self, step: int, total_steps: int) -> None:
-        """Training starts (or resumes) at optimizer step `step` of `total_steps`."""
+    def start(self, step: int, total_steps: int, precision: str = "fp32") -> None:
+        """Training starts (or resumes) at optimizer step `step` of `total_steps`, computing (and evaluating) in
+        `precision` (fp32, or bf16/fp16 autocast over fp32 weights)."""
 
     def step(self, step: int, stats: dict | None) -> None:
         """Optimizer step `step` is done; stats (loss, lr, tokens_per_s) on logged steps, else None."""
@@ -196,3 +197,4 @@ class Callbacks:
 
     def end(self) -> None:
         """The loop is over (finished, stopped early or interrupted); the result follows."""
+    best_metric: str | None = None  # what best_value measures (the task's best_metric)
