@@ -69,8 +69,10 @@ def embed_command(
     )
 
     fmt = _output_format(out, output_format)
-    if out is not None and out.exists() and not force:
-        raise ConfigError(f"{out}: exists; pass --force to replace it, or choose another --out")
+    if out is not None:
+        from sbert_cli.outputs import check_target
+
+        check_target(out, force)  # exists (without --force), a link, a device: refused before any work
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise ConfigError(f"--out {out}: give a file in an existing folder")
     if out is None and fmt == "npy" and sys.stdout.isatty():
@@ -83,7 +85,7 @@ def embed_command(
         chunks = embed_stream(embedder, items, progress=progress)
         if fmt == "npy":
             target = out if out is not None else Path(scratch) / "vectors.npy"
-            with NpyWriter(target, embedder.dimension) as writer:
+            with NpyWriter(target, embedder.dimension, force=force) as writer:
                 for _, vectors in chunks:
                     writer.write(vectors)
             rows = writer.rows
@@ -92,7 +94,7 @@ def embed_command(
                     shutil.copyfileobj(f, sys.stdout.buffer)
                 sys.stdout.flush()
         else:
-            rows = _write_lines(chunks, fmt, out, embedding_json)
+            rows = _write_lines(chunks, fmt, out, embedding_json, force)
     settings = embedder.settings
     what = f"{settings.pooling} pooling, {'normalised' if settings.normalize else 'not normalised'}"
     err_console.print(f"embed: {embedder.runtime.summary('texts')}", soft_wrap=True)
@@ -100,14 +102,14 @@ def embed_command(
         err_console.print(f"wrote {escape(str(out))}: {rows:,} × {embedder.dimension} float32 ({what})", soft_wrap=True)
 
 
-def _write_lines(chunks, fmt: str, out: Path | None, embedding_json) -> int:
-    """JSON lines or TSV rows to `out` (through a temp file, renamed at the end) or stdout; the row count."""
-    import os
+def _write_lines(chunks, fmt: str, out: Path | None, embedding_json, force: bool = False) -> int:
+    """JSON lines or TSV rows to `out` (outputs.new_file: whole or not at all) or stdout; the row count."""
+    import contextlib
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}" if out is not None else None
-    stream = open(tmp, "w", encoding="utf-8") if tmp is not None else sys.stdout
+    from sbert_cli.outputs import new_file
+
     rows = 0
-    try:
+    with new_file(out, force) if out is not None else contextlib.nullcontext(sys.stdout) as stream:
         for texts, vectors in chunks:
             for text, vector in zip(texts, vectors):
                 if fmt == "jsonl":
@@ -117,12 +119,4 @@ def _write_lines(chunks, fmt: str, out: Path | None, embedding_json) -> int:
                     stream.write(clean + "\t" + "\t".join(map(str, vector.tolist())) + "\n")
             rows += len(texts)
         stream.flush()
-    except BaseException:
-        if tmp is not None:
-            stream.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp is not None:
-        stream.close()
-        os.replace(tmp, out)
     return rows

@@ -37,11 +37,8 @@ FORMATS = ("auto", "txt", "tsv", "jsonl")
 BAD_LINE_POLICIES = ("error", "skip")
 # What happens to each kind of bad line when --on-bad-lines is not given.
 DEFAULT_BAD_LINE_POLICY = {"encoding": "error", "malformed": "error", "empty": "skip"}
-BAD_LINE_HINTS = {
-    "encoding": "save the file as UTF-8 or pass `on_bad_lines` skip",
-    "malformed": "fix the row or pass `on_bad_lines` skip",
-    "empty": "remove the line or pass `on_bad_lines` skip",
-}
+BAD_LINE_HINTS = {"encoding": "save the file as UTF-8", "malformed": "fix the row", "empty": "remove the line"}
+SKIP_HINT = " or pass `on_bad_lines` skip"  # only where the command has the option (make-mlm-data)
 DEFAULT_TEXT_FIELD = "text"
 SNIFF_LINES = 64
 MAX_EXAMPLES = 5
@@ -215,7 +212,9 @@ class TextReader:
         text_field: str | None = None,
         on_bad_lines: str | None = None,
         stdin: BinaryIO | None = None,
+        can_skip: bool = True,
     ):
+        """can_skip: the command offers `on_bad_lines` skip (make-mlm-data), so error messages suggest it."""
         if format not in FORMATS:
             raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         if on_bad_lines is not None and on_bad_lines not in BAD_LINE_POLICIES:
@@ -228,6 +227,7 @@ class TextReader:
         self.text_column = text_column
         self.text_field = text_field
         self.policy = {kind: on_bad_lines or default for kind, default in DEFAULT_BAD_LINE_POLICY.items()}
+        self.can_skip = can_skip
         sized = all(not is_stdin(p) and is_regular(p) for p in self.paths)
         self.stats = ReadStats(total_bytes=sum(p.stat().st_size for p in self.paths) if sized else None)
 
@@ -255,7 +255,7 @@ class TextReader:
     def _bad_line(self, path: Path, line_number: int, kind: str, reason: str) -> None:
         where = f"{source_name(path)}:{line_number}: {reason}"
         if self.policy[kind] == "error":
-            raise DataError(f"{where}; {BAD_LINE_HINTS[kind]}")
+            raise DataError(f"{where}; {BAD_LINE_HINTS[kind]}{SKIP_HINT if self.can_skip else ''}")
         stats = self.stats
         stats.skipped_lines += 1
         stats.skipped_by_kind[kind] = stats.skipped_by_kind.get(kind, 0) + 1
@@ -468,7 +468,7 @@ def iter_texts(
         return _non_blank(read_stdin_lines(stdin), STDIN_NAME, what, stats)
     path = check_input_files([Path(file)])[0]
     if input_format(path) != "txt":
-        return ((text, str(path)) for text, _ in TextReader([path]))
+        return ((text, str(path)) for text, _ in TextReader([path], can_skip=False))
     return _non_blank(file_lines(path), str(path), what, stats)
 
 

@@ -16,6 +16,7 @@ embedder_for, load_embedder, embed_stream, embed, embedding_json, read_texts (th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -285,15 +286,31 @@ class NpyWriter:
     """A float32 (N, dim) .npy written row block by row block, N unknown until the end.
 
     numpy pads the header so the first dimension can grow in place (GROWTH_AXIS_MAX_DIGITS), so the
-    header is written for 0 rows and rewritten once at the end. Written to a temp file, renamed on close:
-    the target is never half-written.
+    header is written for 0 rows and rewritten once at the end. Written to a temp file and placed on close
+    by outputs.place: the target is never half-written, and never replaced without `force` (not even by a
+    file that appeared meanwhile), never a link or a device.
     """
 
-    def __init__(self, path: Path, dim: int):
-        self.path, self.dim, self.rows = Path(path), dim, 0
-        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
-        self.file = open(self.tmp, "wb")
-        self.header_size = self._write_header()
+    def __init__(self, path: Path, dim: int, force: bool = False):
+        from sbert_cli.outputs import check_target, remove_stale_temps, temp_path
+
+        self.path, self.dim, self.rows, self.force = Path(path), dim, 0, force
+        check_target(self.path, force)
+        remove_stale_temps(self.path.parent, self.path.name)  # what a killed run left
+        self.tmp = temp_path(self.path)
+        with self._naming_the_path():
+            self.file = open(self.tmp, "w+b")
+            self.header_size = self._write_header()
+
+    @contextlib.contextmanager
+    def _naming_the_path(self):
+        """OSError (a full disk, `ulimit -f`, a read-only folder) as an OutputError naming the target."""
+        from sbert_cli.errors import OutputError, os_error_message
+
+        try:
+            yield
+        except OSError as e:
+            raise OutputError(os_error_message(e, self.path)) from None
 
     def _write_header(self) -> int:
         self.file.seek(0)
@@ -302,15 +319,20 @@ class NpyWriter:
         return self.file.tell()
 
     def write(self, vectors: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        with self._naming_the_path():
+            self.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self.rows += len(vectors)
 
     def close(self) -> Path:
-        if self._write_header() != self.header_size:  # numpy's padding guarantees this; never write a broken file
-            raise RuntimeError("npy header changed size")
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        from sbert_cli.outputs import place
+
+        with self._naming_the_path():
+            if self._write_header() != self.header_size:  # numpy's padding guarantees this; never write a broken file
+                raise RuntimeError("npy header changed size")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        return place(self.tmp, self.path, self.force)
 
     def discard(self) -> None:
         self.file.close()

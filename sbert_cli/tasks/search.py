@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.data.text_input import is_regular
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.tasks.embedding import Embedder, NpyWriter, embed_stream
 from sbert_cli.tasks.inference import ProgressCallback
@@ -95,16 +96,21 @@ def similar(
     if not query.strip():
         raise DataError("the query is empty; give a text to search for")
     corpus = Path(corpus)
-    TextReader([corpus])  # a missing, empty or directory corpus fails here, before any work
+    TextReader([corpus], can_skip=False)  # a missing, empty or directory corpus fails here, before any work
+    if not is_regular(corpus):
+        raise DataError(f"{corpus}: is a pipe or a device; similar reads its corpus more than once: save it to a file")
     cache = corpus_cache_path(corpus, embedder) if use_cache else None
     if cache is not None and not os.access(corpus.parent, os.W_OK):
         cache = None
-    hit = cache is not None and cache.is_file()
+    if cache is not None and (cache.is_symlink() or (cache.exists() and not cache.is_file())):
+        raise DataError(f"{cache}: is where similar keeps the corpus vectors, but holds a folder or a link; remove "
+                        "it, or pass `no_cache`")
+    hit = cache is not None and cache.is_file() and _usable_cache(cache, embedder.dimension, corpus)
     with tempfile.TemporaryDirectory(prefix="sbert-similar-") as scratch:
         vectors_path = cache if cache is not None else Path(scratch) / "corpus.npy"
         if not hit:
-            texts = (text for text, _ in TextReader([corpus]))
-            with NpyWriter(vectors_path, embedder.dimension) as writer:
+            texts = (text for text, _ in TextReader([corpus], can_skip=False))
+            with NpyWriter(vectors_path, embedder.dimension, force=True) as writer:  # a broken cache is rebuilt
                 for _, vectors in embed_stream(embedder, texts, progress=progress):
                     writer.write(vectors)
         scores = cosine_scores(np.load(vectors_path, mmap_mode="r"), embedder.embed([query])[0])
@@ -112,13 +118,29 @@ def similar(
         raise DataError(f"{corpus}: no texts in it")
     wanted = {int(i): rank for rank, i in enumerate(_top_k(scores, top_k), 1)}
     matches, count = [], 0
-    for index, (text, _) in enumerate(TextReader([corpus])):
+    for index, (text, _) in enumerate(TextReader([corpus], can_skip=False)):
         count += 1
         if index in wanted:
             matches.append(Match(wanted[index], index, float(scores[index]), text))
     if count != len(scores):
         raise DataError(f"{corpus}: has {count} texts but its vectors {len(scores)}; it changed while read, run again")
     return SimilarResult(query, sorted(matches, key=lambda m: m.rank), count, cache, hit)
+
+
+def _usable_cache(cache: Path, dimension: int, corpus: Path) -> bool:
+    """Whether cached corpus vectors can be used: a float32 .npy of one finite row of `dimension` per text of the
+    corpus. A cut-short, foreign or NaN file, or one of too few rows, is rebuilt, never trusted."""
+    from sbert_cli.data.text_input import TextReader
+
+    try:
+        vectors = np.load(cache, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != dimension:
+        return False
+    if sum(1 for _ in TextReader([corpus], can_skip=False)) != len(vectors):
+        return False
+    return all(np.isfinite(vectors[start : start + 65536]).all() for start in range(0, len(vectors), 65536))
 
 
 def cosine_scores(vectors: np.ndarray, query: np.ndarray, block: int = 65536) -> np.ndarray:
