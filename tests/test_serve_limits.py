@@ -225,3 +225,13 @@ def _quietly(call):
         return call()
     except OSError:
         return None
+
+
+def test_max_work_is_a_flag_with_a_range(both_heads_dir):
+    from cli_helpers import one_line_error
+    from typer.testing import CliRunner
+
+    from sbert_cli.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(both_heads_dir), "--port", "0", "--max-work", "0"])
+    one_line_error(result, "--max-work", "at least 1" if "at least" in result.stderr else "between 1")
