@@ -174,7 +174,6 @@ def test_bad_options_are_one_line_errors(tmp_path, data, change, message):
 def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_path):
     from typer.testing import CliRunner
 
-    import sbert_cli.cli.train_ner  # noqa: F401  (registers train-ner)
     from sbert_cli.cli import app
     from sbert_cli.resources import NER_SAMPLE_DEV, NER_SAMPLE_TRAIN
 

@@ -58,21 +58,27 @@ def eval_command(
     err_console.print(f"eval: {result.runtime.summary(unit)}")
 
 
-def render_classification(summary: dict) -> None:
+def scores_table(first_column: str, rows: list[tuple[str, dict]]):
+    """Precision, recall, F1 and support per (name, figures) row, then a section line for the averages to follow."""
     from rich.table import Table
 
+    table = Table(box=None, pad_edge=False)
+    table.add_column(first_column)
+    for name in ("precision", "recall", "f1", "support"):
+        table.add_column(name, justify="right")
+    for name, row in rows:
+        table.add_row(Text(name), *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), f"{row['support']:,}")
+    table.add_section()
+    return table
+
+
+def render_classification(summary: dict) -> None:
     console.print(
         f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_examples']:,} examples, "
         f"{precision_words(summary['runtime']['precision'])}",
         soft_wrap=True,
     )
-    report = Table(box=None, pad_edge=False)
-    report.add_column("label")
-    for name in ("precision", "recall", "f1", "support"):
-        report.add_column(name, justify="right")
-    for row in summary["per_class"]:
-        report.add_row(Text(row["label"]), *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), f"{row['support']:,}")
-    report.add_section()
+    report = scores_table("label", [(row["label"], row) for row in summary["per_class"]])
     report.add_row("[bold]accuracy[/]", "", "", f"[bold]{summary['accuracy']:.4f}[/]", f"{summary['num_examples']:,}")
     for average in ("macro", "micro", "weighted"):
         figures = summary[average]
@@ -123,16 +129,11 @@ def render_ner(summary: dict) -> None:
 
     console.print(
         f"[bold]{escape(summary['model'])}[/] on [bold]{escape(summary['data'])}[/]: {summary['num_sentences']:,} "
-        f"sentences, {summary['support']:,} entities (exact spans; the file's scheme {summary['scheme']})",
+        f"sentences, {summary['support']:,} entities (exact spans; the file's scheme {summary['scheme']}), "
+        f"{precision_words(summary['runtime']['precision'])}",
         soft_wrap=True,
     )
-    report = Table(box=None, pad_edge=False)
-    report.add_column("type")
-    for name in ("precision", "recall", "f1", "support"):
-        report.add_column(name, justify="right")
-    for label, row in summary["per_label"].items():
-        report.add_row(Text(label), *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), f"{row['support']:,}")
-    report.add_section()
+    report = scores_table("type", list(summary["per_label"].items()))
     report.add_row("[bold]micro avg[/]", f"{summary['precision']:.4f}", f"{summary['recall']:.4f}",
                    f"[bold]{summary['entity_f1']:.4f}[/]", f"{summary['support']:,}")
     report.add_row("macro avg", "", "", f"{summary['macro_f1']:.4f}", f"{summary['support']:,}")

@@ -116,8 +116,6 @@ def window_scores(model: "nn.Module", windows: Sequence["Window"], pad_id: int, 
                   device: "torch.device") -> list[np.ndarray]:
     """Per-token tag scores (len(input_ids), L), float32, of each window, in batches of similar length. The caller
     sets the mode (eval) and the autocast."""
-    import torch
-
     from sbert_cli.data.batching import length_sorted_batches, pad_batch
 
     out: list[np.ndarray] = [None] * len(windows)  # type: ignore[list-item]
