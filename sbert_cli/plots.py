@@ -64,10 +64,12 @@ def _save(figure, path: Path, tight: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    with warnings.catch_warnings():
+    from sbert_cli.outputs import new_file
+
+    with warnings.catch_warnings(), new_file(path, force=True, text=False) as stream:  # whole, never through a link
         # Without a CJK font installed, Chinese labels render as boxes; the numbers are what matter.
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        figure.savefig(path, dpi=120, bbox_inches="tight" if tight else None, pad_inches=0.15)
+        figure.savefig(stream, format="png", dpi=120, bbox_inches="tight" if tight else None, pad_inches=0.15)
     return path
 
 

@@ -181,8 +181,11 @@ def _tsv_field(text: str) -> str:
 
 
 def write_misclassified(rows: list[Misclassified], path: Path) -> Path:
-    """TSV with a header: line, text, gold, predicted, probability (tabs and newlines in texts become spaces)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
+    """TSV with a header: line, text, gold, predicted, probability (tabs and newlines in texts become spaces).
+    Report files go through outputs.new_file: whole or the earlier one, never through a link."""
+    from sbert_cli.outputs import new_file
+
+    with new_file(path, force=True) as out:
         out.write("line\ttext\tgold\tpredicted\tprobability\n")
         for row in rows:
             out.write(f"{row.line_number}\t{_tsv_field(row.text)}\t{row.gold}\t{row.predicted}\t{row.probability:.4f}\n")
@@ -196,7 +199,9 @@ def write_wrong_sentences(rows: list, path: Path) -> Path:
         return " ".join(f"{s.start}-{s.end}:{s.label}:{_tsv_field(text[s.start:s.end])}"
                         for s in sorted(spans, key=lambda s: (s.start, s.end, s.label)))
 
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
+    from sbert_cli.outputs import new_file
+
+    with new_file(path, force=True) as out:
         out.write("origin\ttext\tgold\tpredicted\n")
         for row in rows:
             out.write(f"{row.origin}\t{_tsv_field(row.text)}\t{shown(row.text, row.gold)}\t{shown(row.text, row.predicted)}\n")
@@ -204,8 +209,9 @@ def write_wrong_sentences(rows: list, path: Path) -> Path:
 
 
 def write_metrics(result: ClassificationEvaluation | MLMEvaluation, path: Path) -> Path:
-    path.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    from sbert_cli.outputs import write_text
+
+    return write_text(path, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", force=True)
 
 
 def default_out_dir(model: str | Path, data: str | Path) -> Path | None:
@@ -221,10 +227,12 @@ def default_out_dir(model: str | Path, data: str | Path) -> Path | None:
 def _check_out_dir(out_dir: Path, names: Sequence[str], reads: Sequence[Path]) -> None:
     """Refuse (before any inference) a report folder whose files of these names sbert did not write; a rerun
     replaces its own earlier report."""
-    from sbert_cli.outputs import OutputDir
+    from sbert_cli.outputs import OutputDir, check_target
 
     outputs = OutputDir(out_dir)
     outputs.check(force=True, will_write=names, reads=reads)
+    for name in names:
+        check_target(out_dir / name, force=True)  # a link or a device where a report file goes: refused now
 
 
 def evaluate(
