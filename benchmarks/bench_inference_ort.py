@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="bf16 rows even without native bf16 (emulated: slow)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall (default); cpu: this process's CPU time, steadier on a shared machine with --threads 1")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row (sbert fp32) and its compile time")
     parser.add_argument("--quick", action="store_true", help="a tiny model, 2 repetitions: a smoke test")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +127,8 @@ def main() -> None:
               f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
         shape = "tiny (--quick)" if args.quick else "BERT-base"
         print(f"{shape} shape, vocab 21128, batch {args.batch_size} x {args.seq_len} tokens, no padding; "
-              f"{args.repeats} repetitions, round-robin; load average {os.getloadavg()[0]:.2f} at the start")
+              f"{args.repeats} repetitions, round-robin, {args.clock} time; load average {os.getloadavg()[0]:.2f} at the start")
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
         times: dict[str, list[float]] = {name: [] for name in rows}
         names = list(rows)
         with torch.inference_mode():
@@ -133,9 +136,9 @@ def main() -> None:
                 run()  # warm-up
             for rep in range(args.repeats):
                 for name in names[rep % len(names):] + names[: rep % len(names)]:
-                    start = time.perf_counter()
+                    start = clock()
                     rows[name]()
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(clock() - start)
     ort_s = statistics.median(times["ONNX Runtime fp32 (ORT_ENABLE_ALL)"])
     print(f"load average at the end {os.getloadavg()[0]:.2f}\n")
     print("| row | s/batch (median) | seq/s | vs ONNX Runtime | max abs diff to transformers fp32 |")

@@ -9,6 +9,8 @@ subprocess timed from start to exit (imports and dictionary loading included, fo
 CPU time of all its processes, and peak resident memory (the largest single process; getrusage of
 the waited-for children). Wall times on a shared machine are noisy: compare ratios within one run.
 --workers 1 and 2 alternate (which goes first swaps every repetition) and the table gives medians.
+The --workers ratio means something only on an idle machine: the run samples how many cores other processes keep
+busy (before, between and after the runs) and says when the machine was not idle; the ratio is then a lower bound.
 """
 
 from __future__ import annotations
@@ -68,9 +70,18 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the reference (minutes): ours only")
     args = parser.parse_args()
 
-    from sbert_cli.model.precision import machine_summary
+    from sbert_cli.model.precision import CpuUse, machine_summary
 
     print(f"{machine_summary()} (os.cpu_count() {os.cpu_count()}, usable {len(os.sched_getaffinity(0))})")
+    others = CpuUse()
+
+    def others_busy() -> float:
+        """Cores other processes keep busy over the next second (a fresh window: our own runs are not in it)."""
+        others.others_busy()
+        return others.others_busy(1.0)
+
+    busy = [others_busy()]  # sampled before and between the runs
+    print(f"idle check: other processes keep {busy[0]:.2f} cores busy; load average {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
@@ -84,6 +95,7 @@ def main() -> None:
         for rep in range(args.runs):
             for workers in (1, 2) if rep % 2 == 0 else (2, 1):
                 runs[workers].append(measure(ours(corpus, tmp / f"ours{workers}", workers)))
+                busy.append(others_busy())
         for workers, measured in runs.items():
             medians = [statistics.median(m[i] for m in measured) for i in range(3)]
             rows.append((f"sbert make-mlm-data --workers {workers}", lines, *medians))
@@ -91,6 +103,9 @@ def main() -> None:
             ratios = [one[0] / two[0] for one, two in zip(runs[1], runs[2])]
             print(f"--workers 1 / --workers 2 wall time, per repetition: {' '.join(f'{r:.2f}' for r in ratios)}; "
                   f"median of the time ratios {statistics.median(ratios):.2f}x")
+        idle = max(busy) < 0.2
+        print(f"idle check: other processes kept {min(busy):.2f}..{max(busy):.2f} cores busy between runs; "
+              + ("the machine was idle" if idle else "NOT idle: the --workers ratio is a lower bound"))
         counts = json.loads((tmp / "ours1" / "manifest.json").read_text())["counts"]
         if not args.no_big:
             corpus.unlink()
