@@ -59,3 +59,23 @@ def test_version_has_one_source_and_matches_the_last_released_changelog_entry():
     assert __version__ == released[0]
     result = subprocess.run([sys.executable, "-m", "sbert_cli", "--version"], capture_output=True, text=True, timeout=120)
     assert result.stdout == f"sbert {__version__}\n"
+
+
+def test_training_options_are_generated_from_train_config_with_its_defaults():
+    # cli/options.py holds no copy of a training default: the options train-cls and pretrain parse, left unset,
+    # build exactly TrainConfig's defaults, and each field's flag is in --help.
+    import dataclasses
+    from pathlib import Path
+
+    from sbert_cli.cli import app
+    from sbert_cli.cli.train import _train_config
+    from sbert_cli.train.types import TrainConfig
+
+    group = typer.main.get_command(app)
+    for name in ("train-cls", "pretrain"):
+        command = group.get_command(None, name)
+        defaults = {p.name: p.default for p in command.params}
+        assert _train_config(defaults) == TrainConfig(out_dir=defaults["out"])
+        flags = {opt for p in command.params for opt in p.opts}
+        for f in dataclasses.fields(TrainConfig):
+            assert f.metadata["flags"][0].split("/")[0] in flags, (name, f.name)

@@ -24,8 +24,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 _FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
-# Library fields whose option has another name in the CLI.
-_FIELD_ALIASES = {"dist_timeout_s": "dist_timeout"}
 
 
 def option_names(command) -> dict[str, str]:
@@ -41,9 +39,6 @@ def option_names(command) -> dict[str, str]:
                 names[secondary.lstrip("-").replace("-", "_")] = secondary
         elif param.name:
             names[param.name] = param.name.upper()
-    for field_name, param_name in _FIELD_ALIASES.items():
-        if param_name in names:
-            names.setdefault(field_name, names[param_name])
     return names
 
 

@@ -1,4 +1,6 @@
-"""Options declared once and shared by the commands they apply to: the training group (train-cls, pretrain).
+"""Options shared by the commands they apply to: the training group (train-cls, pretrain, train-ner), generated
+from TrainConfig's fields (training_options, TRAINING_OPTIONS, Out), and the inference options (Precision, Device,
+Threads, BatchSize, MaxSeqLen, Model, Pooling; MODEL_RUN_OPTIONS for eval and predict).
 
 A command names its own options and takes `**shared`; `with_options(GROUP)` appends the group's options to
 the signature Typer reads, so every command spells and documents them the same way.
@@ -6,17 +8,18 @@ the signature Typer reads, so every command spells and documents them the same w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from typing_extensions import Annotated
 
-TRAINING = "Training"
-RUN = "Run dir, checkpoints and evaluation"
-HARDWARE = "Device and precision"
+from sbert_cli.train.types import HARDWARE, RUN, TRAINING, TrainConfig
+
 THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS when set, else the usable cores that other processes leave free "
                 "when the command starts).")
 
@@ -25,42 +28,41 @@ def _option(*names: str, help: str, panel: str | None = None, **kwargs) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
 
 
-# name: (type, option, default). The options train-cls and pretrain share.
-TRAINING_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
-    "epochs": (Optional[int], _option("--epochs", help="Passes over the training data (default 3; --max-steps overrides).", panel=TRAINING), None),
-    "max_steps": (Optional[int], _option("--max-steps", help="Stop after this many optimizer steps.", panel=TRAINING), None),
-    "batch_size": (int, _option("--batch-size", "-b", help="Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", panel=TRAINING), 32),
-    "grad_accum": (int, _option("--grad-accum", help="Micro-batches accumulated per optimizer step.", panel=TRAINING), 1),
-    "weight_decay": (float, _option("--weight-decay", help="AdamW weight decay (never on biases and LayerNorm).", panel=TRAINING), 0.01),
-    "warmup_ratio": (Optional[float], _option("--warmup-ratio", help="Linear warmup over this share of the steps (default: chosen with the lr, 0.1).", panel=TRAINING), None),
-    "warmup_steps": (Optional[int], _option("--warmup-steps", help="Linear warmup steps (overrides --warmup-ratio).", panel=TRAINING), None),
-    "schedule": (str, _option("--schedule", help="After warmup: linear, cosine or constant.", panel=TRAINING), "linear"),
-    "max_grad_norm": (float, _option("--max-grad-norm", help="Clip the gradient norm (0: no clipping).", panel=TRAINING), 1.0),
-    "seed": (int, _option("--seed", help="Seeds data order, dropout, masking and new weights.", panel=TRAINING), 42),
-    "eval_every": (Optional[int], _option("--eval-every", help="Evaluate every N steps (default: each epoch).", panel=RUN), None),
-    "save_every": (Optional[int], _option("--save-every", help="Checkpoint every N steps (default: at each evaluation / epoch).", panel=RUN), None),
-    "keep_last": (int, _option("--keep-last", help="Checkpoints kept under OUT/checkpoints.", panel=RUN), 2),
-    "patience": (Optional[int], _option("--patience", help="Stop after N evaluations without improvement.", panel=RUN), None),
-    "log_every": (int, _option("--log-every", help="Log loss, lr and tokens/s every N steps.", panel=RUN), 10),
-    "resume": (bool, _option("--resume", help="Continue from the latest checkpoint in --out (same data, batch size and processes).", panel=RUN), False),
-    "force": (bool, _option("--force", help="Start over in a non-empty --out, removing only what an earlier run wrote there.", panel=RUN), False),
-    "plot": (bool, _option("--plot/--no-plot", help="Draw OUT/curves.png at the end.", panel=RUN), True),
-    "precision": (str, _option("--precision", help="auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", panel=HARDWARE), "auto"),
-    "device": (str, _option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", panel=HARDWARE), "auto"),
-    "threads": (Optional[int], _option("--threads", help=THREADS_HELP + " Under torchrun: per process.", panel=HARDWARE), None),
-    "dist_timeout": (float, _option("--dist-timeout", help="Seconds a process waits for the others (torchrun) before giving up.", panel=HARDWARE), 600.0),
-}
+def _field_option(f: dataclasses.Field, kind: Any, help: str | None = None) -> tuple[Any, Any, Any]:
+    """(type, typer option, default) of a config field that carries an `option` in its metadata."""
+    meta = f.metadata
+    return kind, _option(*meta["flags"], help=help or meta["help"], panel=meta["panel"]), f.default
+
+
+def training_options(**helps: str) -> dict[str, tuple[Any, Any, Any]]:
+    """The options train-cls, pretrain and train-ner share, generated from TrainConfig's fields (flags, help, panel,
+    type, default: train/types.py declares each once), in field order, with --threads (not a TrainConfig field)
+    after --device. `helps` replaces a field's help (lr: the command's own rule); --out is each command's `Out`."""
+    hints = typing.get_type_hints(TrainConfig)
+    options: dict[str, tuple[Any, Any, Any]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "out_dir":
+            continue
+        options[f.name] = _field_option(f, hints[f.name], helps.get(f.name))
+        if f.name == "device":
+            options["threads"] = (Optional[int], _option("--threads", help=THREADS_HELP + " Under torchrun: per process.", panel=HARDWARE), None)
+    return options
+
+
+TRAINING_OPTIONS = training_options()
 
 
 def with_options(*groups: dict[str, tuple[Any, Any, Any]]) -> Callable:
-    """Add the groups' options to a Typer command that takes `**shared`; Typer reads the combined signature."""
+    """Add the groups' options to a Typer command that takes `**shared`; Typer reads the combined signature. An
+    option the command declares itself replaces the group's."""
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)
         own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        declared = {p.name for p in own}
         added = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
-            for group in groups for name, (kind, option, default) in group.items()
+            for group in groups for name, (kind, option, default) in group.items() if name not in declared
         ]
 
         @functools.wraps(command)
@@ -74,7 +76,8 @@ def with_options(*groups: dict[str, tuple[Any, Any, Any]]) -> Callable:
     return decorate
 
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", rich_help_panel=RUN)]
+_out_field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "out_dir")
+Out = Annotated[Path, _field_option(_out_field, Path)[1]]  # each command gives its own default (runs/cls, ...)
 
 
 # The inference commands' options (eval, predict, fill-mask, embed, similar, serve): one spelling, one help.

@@ -12,7 +12,7 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, set_threads, with_options
+from sbert_cli.cli.options import TRAINING, Out, set_threads, training_options, with_options
 from sbert_cli.cli.progress import TrainingProgress, precision_words
 from sbert_cli.tasks.lr_rule import CONTINUE, FINE_TUNE, LABEL_SMOOTHING, NEW_HEAD, SCRATCH, WARMUP_RATIO, rates
 
@@ -31,15 +31,7 @@ def _train_config(parameters: dict):
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     options = {k: v for k, v in parameters.items() if k in names}
-    options.update(out_dir=parameters["out"], dist_timeout_s=parameters["dist_timeout"],
-                   max_grad_norm=parameters["max_grad_norm"] or None)
-    if options["max_steps"] is not None:
-        options["epochs"] = None
-    elif options["epochs"] is None:
-        options["epochs"] = 3
-    if options["warmup_ratio"] is None:
-        del options["warmup_ratio"]  # TrainConfig's default
-    return TrainConfig(**options)
+    return TrainConfig(**options, out_dir=parameters["out"])
 
 
 def rule_help(task: str) -> str:
@@ -73,7 +65,7 @@ def resume_command() -> str:
 
 
 @app.command("train-cls")
-@with_options(TRAINING_OPTIONS)
+@with_options(training_options(lr=rule_help("cls")))
 def train_cls(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder with train.txt, dev.txt, test.txt (text<TAB>label) and class.txt.")] = Path("data"),
     train_file: Annotated[Optional[Path], typer.Option("--train", help="Training file (TSV, CSV with a header, or JSONL); overrides --data-dir.")] = None,
@@ -88,7 +80,6 @@ def train_cls(
     pooling: Annotated[Optional[str], typer.Option("--pooling", help="What the classifier reads: pooler (tanh(dense([CLS])), as transformers), cls (the [CLS] vector) or mean (over tokens; suits sentence-embedding models such as m3e). Default: the model's own, else pooler. Saved in config.json.")] = None,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing: the training target spreads x evenly over all labels and puts the rest on the gold one (0: plain cross-entropy). Dev loss is always plain.", rich_help_panel=TRAINING)] = LABEL_SMOOTHING,
     out: Out = Path("runs/cls"),
-    lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
     **shared,
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
@@ -138,7 +129,7 @@ def _print_run_summary(result) -> None:
 
 
 @app.command("pretrain")
-@with_options(TRAINING_OPTIONS)
+@with_options(training_options(lr=rule_help("mlm")))
 def pretrain(
     data: Annotated[Path, typer.Option("--data", help="make-mlm-data output dir.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir or hub repo id to continue pretraining.")] = None,
@@ -150,7 +141,6 @@ def pretrain(
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="make-mlm-data dir for held-out masked-token accuracy and perplexity.")] = None,
     eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Hold out this share of --data for evaluation (e.g. 0.01).")] = None,
     out: Out = Path("runs/pretrain"),
-    lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("mlm"), rich_help_panel=TRAINING)] = None,
     **shared,
 ) -> None:
     """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""

@@ -1,6 +1,7 @@
 """What the training loop and its callers share, without torch (so the CLI's --help and progress bar import no torch):
 TrainConfig (a run's settings, valid when constructed), the task protocol (Task, Batch), Callbacks (how the loop
-reports progress), TrainResult; SCHEDULES, LOWER_IS_BETTER, WARMUP_RATIO.
+reports progress), TrainResult; SCHEDULES, LOWER_IS_BETTER, WARMUP_RATIO; `option` (a field's command-line flags,
+help and --help panel: the options are declared once, on TrainConfig's fields).
 """
 
 from __future__ import annotations
@@ -22,36 +23,68 @@ SCHEDULES = ("linear", "cosine", "constant")
 LOWER_IS_BETTER = ("loss", "perplexity")
 
 
+# The --help panels the options are shown in.
+TRAINING, RUN, HARDWARE = "Training", "Run dir, checkpoints and evaluation", "Device and precision"
+
+
+def option(help: str, *flags: str, panel: str = TRAINING) -> dict:
+    """A TrainConfig field's command-line option: its flags, --help text and panel. cli/options.py generates the
+    training commands' options from these and the fields' types and defaults, so each is declared here once."""
+    return {"help": help, "flags": flags, "panel": panel}
+
+
 @dataclass
 class TrainConfig:
     """A training run's settings, valid once constructed (a bad field is a ConfigError naming it). lr None means the
-    task chooses it by situation (tasks/lr_rule.with_chosen_lr) before training; the loop refuses a None lr."""
+    task chooses it by situation (tasks/lr_rule.with_chosen_lr) before training; the loop refuses a None lr.
 
-    out_dir: Path
-    batch_size: int = 32  # per process and micro-batch
-    grad_accum: int = 1
-    epochs: int | None = 3
-    max_steps: int | None = None  # overrides epochs
-    lr: float | None = None  # None: the task chooses by situation (tasks/lr_rule.py) before training
-    weight_decay: float = 0.01
-    warmup_ratio: float = WARMUP_RATIO  # linear warmup over this share of the steps
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    schedule: str = "linear"
-    max_grad_norm: float | None = 1.0
-    seed: int = 42
-    precision: str = "auto"
-    device: str = "auto"
-    eval_every: int | None = None  # optimizer steps; None: at the end of each epoch
-    save_every: int | None = None  # optimizer steps; None: at each evaluation / epoch end
-    keep_last: int = 2
-    patience: int | None = None  # evaluations without improvement before stopping
-    log_every: int = 10
-    resume: bool = False
-    force: bool = False
-    dist_timeout_s: float = 600.0
-    plot: bool = True
+    Each field is also a command-line option (`option`: flags, help, panel); the fields' order is --help's.
+    """
+
+    out_dir: Path = field(metadata=option("Run dir: checkpoints/, best/, last/, metrics.jsonl, curves.png.", "--out", "-o", panel=RUN))
+    lr: float | None = field(default=None, metadata=option(
+        "Peak learning rate. Default: chosen by situation (tasks/lr_rule.py).", "--lr"))
+    epochs: int | None = field(default=3, metadata=option(
+        "Passes over the training data (--max-steps overrides).", "--epochs"))
+    max_steps: int | None = field(default=None, metadata=option("Stop after this many optimizer steps.", "--max-steps"))
+    batch_size: int = field(default=32, metadata=option(
+        "Examples per process and micro-batch; the global batch is this x --grad-accum x processes.", "--batch-size", "-b"))
+    grad_accum: int = field(default=1, metadata=option("Micro-batches accumulated per optimizer step.", "--grad-accum"))
+    weight_decay: float = field(default=0.01, metadata=option(
+        "AdamW weight decay (never on biases and LayerNorm).", "--weight-decay"))
+    warmup_ratio: float = field(default=WARMUP_RATIO, metadata=option(
+        "Linear warmup over this share of the steps.", "--warmup-ratio"))
+    warmup_steps: int | None = field(default=None, metadata=option(
+        "Linear warmup steps (overrides --warmup-ratio).", "--warmup-steps"))
+    schedule: str = field(default="linear", metadata=option("After warmup: linear, cosine or constant.", "--schedule"))
+    max_grad_norm: float | None = field(default=1.0, metadata=option(
+        "Clip the gradient norm (0: no clipping).", "--max-grad-norm"))
+    seed: int = field(default=42, metadata=option("Seeds data order, dropout, masking and new weights.", "--seed"))
+    eval_every: int | None = field(default=None, metadata=option(
+        "Evaluate every N steps (default: each epoch).", "--eval-every", panel=RUN))
+    save_every: int | None = field(default=None, metadata=option(
+        "Checkpoint every N steps (default: at each evaluation / epoch).", "--save-every", panel=RUN))
+    keep_last: int = field(default=2, metadata=option("Checkpoints kept under OUT/checkpoints.", "--keep-last", panel=RUN))
+    patience: int | None = field(default=None, metadata=option(
+        "Stop after N evaluations without improvement.", "--patience", panel=RUN))
+    log_every: int = field(default=10, metadata=option("Log loss, lr and tokens/s every N steps.", "--log-every", panel=RUN))
+    resume: bool = field(default=False, metadata=option(
+        "Continue from the latest checkpoint in --out (same data, batch size and processes).", "--resume", panel=RUN))
+    force: bool = field(default=False, metadata=option(
+        "Start over in a non-empty --out, removing only what an earlier run wrote there.", "--force", panel=RUN))
+    plot: bool = field(default=True, metadata=option("Draw OUT/curves.png at the end.", "--plot/--no-plot", panel=RUN))
+    precision: str = field(default="auto", metadata=option(
+        "auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", "--precision", panel=HARDWARE))
+    device: str = field(default="auto", metadata=option(
+        "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", "--device", panel=HARDWARE))
+    dist_timeout_s: float = field(default=600.0, metadata=option(
+        "Seconds a process waits for the others (torchrun) before giving up.", "--dist-timeout", panel=HARDWARE))
 
     def __post_init__(self) -> None:
+        if self.max_steps is not None:
+            self.epochs = None  # max_steps overrides epochs
+        if self.max_grad_norm == 0:
+            self.max_grad_norm = None  # no clipping
         self.validate()
 
     def validate(self) -> None:
