@@ -223,12 +223,18 @@ def collation_overlap(trainer, batches: list[list[int]]) -> tuple[float, float]:
     return statistics.median(collated), statistics.median(waited[1:] or waited)
 
 
-def padding_share(lengths: np.ndarray, batch_size: int, seed: int) -> float:
-    """Padding's share of the tokens in one epoch of the trainer's length-bucketed batches."""
+def padding_share(lengths: np.ndarray, batch_size: int, seed: int, bucketed: bool = True) -> float:
+    """Padding's share of the tokens in one epoch of the trainer's length-bucketed batches (bucketed=False: of
+    shuffled batches padded to their longest, as transformers' Trainer makes them by default)."""
     from sbert_cli.data.batching import bucketed_batches
 
+    if bucketed:
+        batches = bucketed_batches(lengths, batch_size, seed, 0)
+    else:
+        order = np.random.default_rng(seed).permutation(len(lengths))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     real = padded = 0
-    for batch in bucketed_batches(lengths, batch_size, seed, 0):
+    for batch in batches:
         real += int(lengths[batch].sum())
         padded += int(lengths[batch].max()) * len(batch)
     return 1 - real / padded
@@ -293,7 +299,8 @@ def profile_shape(shape: str, args, scratch: Path) -> None:
     print(f"  collation thread: {collated * 1e3:.1f} ms/step collated, the step waited {waited * 1e3:.2f} ms/step "
           f"({100 * (1 - waited / max(collated, 1e-9)):.0f}% hidden)")
     print(f"  padding: {100 * padding_share(lengths, args.batch_size, args.seed):.1f}% of the tokens in an epoch of "
-          "length-bucketed batches (the most unpadding could save in the dense layers)")
+          "length-bucketed batches (the most unpadding could save in the dense layers); shuffled batches padded to "
+          f"their longest (Trainer's default): {100 * padding_share(lengths, args.batch_size, args.seed, False):.1f}%")
     rows = optimizer_rows(model, task, steps[0], max(3, args.steps))
     fused = rows["fused"]
     print("  AdamW step alone (no schedule), alternated:")
