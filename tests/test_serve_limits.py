@@ -235,3 +235,10 @@ def test_max_work_is_a_flag_with_a_range(both_heads_dir):
 
     result = CliRunner().invoke(app, ["serve", "--model", str(both_heads_dir), "--port", "0", "--max-work", "0"])
     one_line_error(result, "--max-work", "at least 1" if "at least" in result.stderr else "between 1")
+
+
+def test_a_model_without_an_mlm_head_is_told_the_whole_recipe(tmp_path):
+    encoder = ModelService(make_hf_checkpoint(tmp_path / "encoder", "base"), precision="fp32", device="cpu")
+    with running(encoder) as port:
+        status, answer = post(port, "/fill-mask", {"texts": ["我[MASK]你"]})
+    assert status == 404 and answer["error"].index("sbert make-mlm-data") < answer["error"].index("sbert pretrain")

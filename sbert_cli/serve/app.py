@@ -277,7 +277,10 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
               include_in_schema=service.mlm is not None)
     async def fill_mask(request: FillMaskRequest):
         if service.mlm is None:
-            return head_missing("/fill-mask", "masked-LM head", "use a checkpoint that ships one or train it with sbert pretrain")
+            from sbert_cli.model.model_dir import mlm_head_recipe
+
+            return head_missing("/fill-mask", "masked-LM head",
+                                f"use a checkpoint that ships one, or train one: {mlm_head_recipe(service.model_name)}")
         return await answer("fill-mask", (request.top_k, request.joint), request.texts)
 
     @app.post("/ner", summary="Named entities: character spans with types and scores", response_model=list[TaggedText],
