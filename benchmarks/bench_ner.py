@@ -121,7 +121,7 @@ def recipe_of(run: dict) -> dict:
     train = run.get("train", {})
     return {"lr": train.get("lr"), "warmup_steps": run.get("warmup_steps"), "total_steps": run.get("total_steps"),
             "batch_size": run.get("global_batch_size", train.get("batch_size")),
-            "max_seq_len": run.get("max_seq_len", run.get("task", {}).get("max_seq_len")),
+            "max_seq_len": run.get("max_seq_len"), "crf_lr": run.get("crf_lr"),
             "weight_decay": train.get("weight_decay"), "max_grad_norm": train.get("max_grad_norm"),
             "schedule": train.get("schedule")}
 
