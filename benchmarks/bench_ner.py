@@ -15,6 +15,8 @@ test split through sbert_cli/tasks/ner_metrics.py (entity F1 = micro F1), with t
   (data/ner.encode_windows, the label on each word's first sub-token, -100 elsewhere). The trained model is saved
   with the BIOES tag names and tagged by the same sbert decoder (constrained Viterbi over its softmax), so the
   rows differ only in training. Scored on the last epoch (Trainer keeps no best-on-dev here).
+- Wall time: sbert's is its whole `train-ner` process (read, encode, train, dev F1 each epoch, save); the Trainer's
+  has the same scope (read, encode, train with a dev loss each epoch, save; `train_seconds`: trainer.train() only).
 - crf: sklearn-crfsuite, L-BFGS (c1 0.1, c2 0.1, 100 iterations), character features in a window of +-2
   (characters, bigrams, a character class), BIOES targets; decoded to spans by the same rule as sbert.
 
@@ -167,10 +169,12 @@ def run_transformers(args, seed: int, recipe: dict, splits: dict[str, Path], wor
     from sbert_cli.data.ner import read_ner_file, tag_names
     from sbert_cli.model.model_dir import load_tokenizer
 
+    started = time.perf_counter()  # the same scope as the sbert subprocess: read, encode, train, dev loss, save
     tokenizer = load_tokenizer(args.model)
     labels = read_ner_file(splits["train"]).labels
     names = tag_names(labels)
     train_items = encode_for_trainer(splits["train"], tokenizer, names, recipe["max_seq_len"])
+    dev_items = encode_for_trainer(splits["dev"], tokenizer, names, recipe["max_seq_len"], labels)
     if recipe["lr"] is None:
         recipe = default_recipe(args, len(train_items))
 
@@ -191,21 +195,23 @@ def run_transformers(args, seed: int, recipe: dict, splits: dict[str, Path], wor
         output_dir=str(work / f"transformers-{seed}"), learning_rate=recipe["lr"], warmup_steps=recipe["warmup_steps"],
         lr_scheduler_type=recipe.get("schedule") or "linear", per_device_train_batch_size=recipe["batch_size"],
         weight_decay=recipe["weight_decay"], max_grad_norm=recipe["max_grad_norm"] or 0.0, adam_beta1=0.9,
-        adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", seed=seed, save_strategy="no", eval_strategy="no",
+        adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", seed=seed, save_strategy="no", eval_strategy="epoch",
         logging_strategy="no", report_to="none", use_cpu=True, bf16=args.precision == "bf16", disable_tqdm=True,
         dataloader_num_workers=0, **steps)
-    trainer = transformers.Trainer(model=model, args=training_args, train_dataset=train_items, data_collator=collate)
-    started = time.perf_counter()
+    trainer = transformers.Trainer(model=model, args=training_args, train_dataset=train_items, eval_dataset=dev_items,
+                                   data_collator=collate)
+    train_started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - train_started
     saved = work / f"transformers-{seed}-model"
     trainer.save_model(str(saved))
+    seconds = time.perf_counter() - started
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (args.model / name).is_file():
             (saved / name).write_bytes((args.model / name).read_bytes())
     torch.set_num_threads(args.threads)
     return {**score_tagger(saved, splits["test"], args.precision), "seconds": round(seconds, 1),
-            "recipe": recipe, "total_steps": trainer.state.max_steps}
+            "train_seconds": round(train_seconds, 1), "recipe": recipe, "total_steps": trainer.state.max_steps}
 
 
 # ------------------------------------------------------------------------------------------------------- crf
