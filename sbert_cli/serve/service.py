@@ -10,8 +10,9 @@ from pathlib import Path
 from sbert_cli.errors import ConfigError
 
 ENDPOINTS = {"embed": "/embed", "predict": "/predict", "fill-mask": "/fill-mask", "ner": "/ner"}
-# One request's work (ModelService.work): 2^18 is 256 texts of 512 tokens twice over, or a joint fill-mask of a
-# 512-token text with 64 masks in a beam of 8; a base-size BERT runs it in about a minute on a few CPU cores.
+# One request's work (ModelService.work): 2^18 is twice the largest plain request at the default max_texts on a
+# 512-position model (256 texts of 512 tokens): a bound on requests that would hold the model thread many times
+# longer than any ordinary one, not on ordinary ones.
 DEFAULT_MAX_WORK = 1 << 18
 
 

@@ -291,9 +291,9 @@ JOINT_BEAM_WIDTH = 8  # partial words kept per step (at least top_k): a wider be
 # bounded before any pass runs (500 masks in one text once held a server's model thread for minutes). A run is one
 # word: Chinese words and idioms have 1-4 characters, long names and transliterations about 10.
 MAX_JOINT_SPAN = 16
-# Tokens one text's search may run through the model (passes x rows x text length): a 512-token text with 64 masks
-# in a beam of 8; about a minute for a base-size BERT on a few CPU cores.
-MAX_JOINT_WORK = 1 << 18
+# Tokens one text's search may run through the model (passes x rows x text length): a full run of 16 masks in a
+# 512-token text with a beam of 8, as much as embedding 128 such texts.
+MAX_JOINT_WORK = 1 << 16
 
 
 @dataclass
