@@ -83,8 +83,11 @@ def _render_stage(stage) -> None:
         from sbert_cli.cli.train import _print_run_summary
 
         _print_run_summary(stage.result.train)
+        from sbert_cli.cli.progress import precision_words
+
         console.print(f"held-out masked-token accuracy {stage.figures['held_out_mlm_accuracy']:.4f}, "
-                      f"perplexity {stage.figures['held_out_perplexity']:.1f}")
+                      f"perplexity {stage.figures['held_out_perplexity']:.1f} "
+                      f"({precision_words(stage.result.train.precision, training=True)})")
     elif stage.name == "train-cls":
         from sbert_cli.cli.train import _print_run_summary
 
