@@ -116,12 +116,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the network as .module
 
 
-def tagging_loss(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The summed loss of the windows' words: cross-entropy per word, or the CRF's negative log-likelihood."""
+def tagging_loss(model: nn.Module, tensors: dict[str, torch.Tensor], scores: torch.Tensor | None = None) -> torch.Tensor:
+    """The summed loss of the windows' words: cross-entropy per word, or the CRF's negative log-likelihood.
+    scores: the words' tag scores (B, W, L) when already computed, else the model is run for them."""
     from sbert_cli.tasks.crf import nll
 
-    scores = model(tensors["input_ids"], tensors["attention_mask"], word_positions=tensors["word_positions"]).float()
-    mask, tags = tensors["word_mask"], tensors["tags"]
+    if scores is None:
+        scores = model(tensors["input_ids"], tensors["attention_mask"], word_positions=tensors["word_positions"])
+    scores, mask, tags = scores.float(), tensors["word_mask"], tensors["tags"]
     crf = _unwrap(model).crf
     if crf is None:
         return F.cross_entropy(scores[mask], tags[mask], reduction="sum")
@@ -175,12 +177,14 @@ class TaggingTask(Task):
         with_words = [s for s in sentences if dev.offsets[s]]
         loss = torch.zeros((), dtype=torch.float64)
         if with_words:
-            loss = tagging_loss(model, tensors).double().cpu()
-            logits = model(tensors["input_ids"], tensors["attention_mask"]).float().cpu().numpy()
+            logits = model(tensors["input_ids"], tensors["attention_mask"]).float()  # every token: windows are merged
+            positions = tensors["word_positions"]
+            word_logits = torch.gather(logits, 1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+            loss = tagging_loss(model, tensors, word_logits).double().cpu()
             lengths = tensors["attention_mask"].sum(1).tolist()
-            scores = [logits[row, :n] for row, n in enumerate(lengths)]
+            scores = [row[:n] for row, n in zip(logits.cpu().numpy(), lengths)]
             words = sentence_scores([dev.windows[s] for s in with_words], [len(dev.offsets[s]) for s in with_words], scores)
-            tags, _ = decode_words(words, _unwrap(model).crf, self.constraints)
+            tags, _ = decode_words(words, _unwrap(model).crf, self.constraints, with_probabilities=False)
         predicted = dict(zip(with_words, tags)) if with_words else {}
         found = [spans_from_word_tags([self.tag_names[t] for t in predicted.get(s, [])], dev.offsets[s]) for s in sentences]
         gold = [dev.data.examples[s].spans for s in sentences]

@@ -64,9 +64,11 @@ def constraints_for(tag_names: Sequence[str]):
     return Constraints.from_lists(*allowed_transitions(tag_names))
 
 
-def decode_words(word_scores: Sequence["np.ndarray | torch.Tensor"], crf, constraints) -> tuple[list[list[int]], list[np.ndarray]]:
+def decode_words(word_scores: Sequence["np.ndarray | torch.Tensor"], crf, constraints,
+                 with_probabilities: bool = True) -> tuple[list[list[int]], list[np.ndarray]]:
     """(tag ids, the probability of each decoded tag) of each sentence, from its per-word scores (n_words, L):
-    constrained Viterbi (see the module docstring); crf is the model's TagTransitions or None."""
+    constrained Viterbi (see the module docstring); crf is the model's TagTransitions or None. Without
+    with_probabilities the probabilities are left empty (training's dev scoring needs only the tags)."""
     import torch
 
     from sbert_cli.tasks.crf import marginals, viterbi
@@ -86,7 +88,7 @@ def decode_words(word_scores: Sequence["np.ndarray | torch.Tensor"], crf, constr
         mask[b, :n] = True
     if crf is not None:
         scores = [p.detach().float().cpu() for p in (crf.transitions, crf.start_scores, crf.end_scores)]
-        probabilities = marginals(emissions, mask, *scores, constraints)
+        probabilities = marginals(emissions, mask, *scores, constraints) if with_probabilities else None
     else:
         emissions = torch.log_softmax(emissions, dim=-1)
         scores = [torch.zeros(L, L), torch.zeros(L), torch.zeros(L)]
@@ -94,7 +96,8 @@ def decode_words(word_scores: Sequence["np.ndarray | torch.Tensor"], crf, constr
     paths = viterbi(emissions, mask, *scores, constraints)
     for b, i in enumerate(rows):
         tags[i] = paths[b]
-        probs[i] = probabilities[b, torch.arange(len(paths[b])), torch.tensor(paths[b], dtype=torch.long)].numpy()
+        if probabilities is not None:
+            probs[i] = probabilities[b, torch.arange(len(paths[b])), torch.tensor(paths[b], dtype=torch.long)].numpy()
     return tags, probs
 
 
