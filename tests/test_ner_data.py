@@ -349,6 +349,32 @@ def test_windows_merge_without_losing_or_duplicating_entities(tokenizer):
     assert decoded == gold
 
 
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(chars=st.lists(ALPHABET, min_size=0, max_size=40), max_seq_len=st.integers(3, 12), stride=st.integers(0, 8),
+       data=st.data())
+def test_windows_cover_every_word_and_merge_back_on_generated_text(tokenizer, chars, max_seq_len, stride, data):
+    text = "".join(chars)
+    offsets = word_offsets(tokenizer, text)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(offsets)), max_size=10)))
+    spans = [Span(offsets[a][0], offsets[b - 1][1], "X") for a, b in zip(cuts, cuts[1:]) if data.draw(st.booleans())]
+    tags, _ = word_tags(offsets, spans)
+    names = tag_names(["X"])
+    windows = encode_windows(tokenizer, text, offsets, max_seq_len, stride)
+    assert windows[0].words.start == 0 and windows[-1].words.stop == len(offsets)
+    for before, after in zip(windows, windows[1:]):
+        assert before.words.start < after.words.start <= before.words.stop < after.words.stop  # progress, no gap
+    for window in windows:
+        assert len(window.input_ids) <= max_seq_len and len(window.first_subtoken) == len(window.words)
+    scores = []
+    for window in windows:
+        rows = np.zeros((len(window.input_ids), len(names)), dtype=np.float32)
+        rows[window.first_subtoken] = one_hot([tags[w] for w in window.words], names)
+        scores.append(rows)
+    if offsets:
+        merged = merge_windows(windows, scores, len(offsets))
+        assert spans_from_word_tags([names[i] for i in merged.argmax(-1)], offsets) == spans
+
+
 def test_a_short_sentence_is_one_window_and_nothing_is_truncated(tokenizer):
     text = "北京欢迎你"
     offsets = word_offsets(tokenizer, text)
