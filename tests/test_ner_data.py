@@ -155,7 +155,14 @@ BAD_JSON = [
     ('{"text": "张三在北京", "label": {"LOC": {"北京": [3, 4]}}}', "is not a [start, end_inclusive] pair"),
     ('{"text": "张三在北京", "label": {"PER": {"张三": [[0, 1]]}, "X": {"三在": [[1, 2]]}}}', "overlap"),
     ('{"text": "a", "entities": []}\n{"text": "b", "entities": [}', "not valid JSON"),
+    ('{"text": "张 三", "entities": [{"start": 1, "end": 2, "label": "PER"}]}', "a PER entity covers only whitespace"),
 ]
+
+
+def test_whitespace_at_an_entitys_edges_is_trimmed(tmp_path):
+    path = tmp_path / "spaces.jsonl"
+    path.write_text('{"text": "去 北京 吧", "entities": [{"start": 1, "end": 5, "label": "LOC"}]}\n', encoding="utf-8")
+    assert read_ner_file(path).examples[0].spans == (Span(2, 4, "LOC"),)
 
 
 @pytest.mark.parametrize("content, message", BAD_JSON)

@@ -326,7 +326,7 @@ def _read_json(path: Path, lines, check_label) -> tuple[list[NerExample], str]:
         check_text(text, where)
         raw = _jsonl_spans(where, text, record["entities"]) if this == "jsonl" else \
             _cluener_spans(where, text, record["label"])
-        spans = sorted(Span(s, e, label) for s, e, label in raw)
+        spans = sorted(_trimmed(where, text, s, e, label) for s, e, label in raw)
         for span in spans:
             check_label(span.label, where)
         for a, b in zip(spans, spans[1:]):
@@ -336,6 +336,17 @@ def _read_json(path: Path, lines, check_label) -> tuple[list[NerExample], str]:
                                 "entities: keep one")
         examples.append(NerExample(text, tuple(spans), where))
     return examples, layout
+
+
+def _trimmed(where: str, text: str, start: int, end: int, label: str) -> Span:
+    """The span without the whitespace at its edges (no word starts or ends in a space)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if start == end:
+        raise DataError(f"{where}: a {label} entity covers only whitespace; remove it")
+    return Span(start, end, label)
 
 
 def _int(value) -> bool:
