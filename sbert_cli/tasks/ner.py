@@ -250,6 +250,10 @@ def describe_data(splits: dict[str, NerData], encoded: dict[str, EncodedSplit], 
     if snapped:
         shown = ", ".join(f"{name} {n}" for name, n in snapped.items())
         lines.append(f"note: entity edges inside a word moved to the word's edge ({shown})")
+    cut = {name: data.cut_entities for name, data in splits.items() if data.cut_entities}
+    if cut:
+        shown = ", ".join(f"{name} {len(where)} (first {where[0]})" for name, where in cut.items())
+        lines.append(f"note: entities cut by a sentence edge were read as O, as seqeval's strict mode reads them ({shown})")
     return lines
 
 
