@@ -187,7 +187,7 @@ def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_pat
     lines = result.stdout.splitlines()
     assert "scheme BMES" in lines[0] and "3 entity types: LOC, ORG, PER" in lines[0]
     assert any("CRF lr" in line and "crf_lr_scale" not in line for line in lines[:4])  # the CLI names flags: --crf-lr-scale
-    assert "dev (best model)" in result.stdout and "micro avg" in result.stdout
+    assert "dev (best model, fp32)" in result.stdout and "micro avg" in result.stdout
     assert (out / "eval-dev" / "wrong_sentences.tsv").is_file()
     report = json.loads((out / "eval-dev" / "metrics.json").read_text())
     assert report["task"] == "ner" and report["scheme"] == "BMES"

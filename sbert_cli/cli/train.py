@@ -36,7 +36,7 @@ def _train_config(parameters: dict):
 
 def rule_help(task: str) -> str:
     """The lr rule (tasks/lr_rule.py) in one sentence, for --help."""
-    if task == "cls":
+    if task in ("cls", "ner"):
         shown = [(SCRATCH, "--config"), (FINE_TUNE, "--model")]
     else:
         shown = [(SCRATCH, "--config"), (NEW_HEAD, "--model without an MLM head"), (CONTINUE, "--model with one")]
@@ -84,13 +84,10 @@ def train_cls(
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
     config = _train_config({**locals(), **shared})
-    from sbert_cli.errors import ConfigError
     from sbert_cli.tasks.classification import DEFAULT_MODEL, ClassifierOptions, train_classifier
-
-    if model is not None and config_name is not None:
-        raise ConfigError("give --model DIR|REPO to fine-tune a checkpoint, or --config tiny|small|base to start from scratch (not both)")
-    model = model if model is not None or config_name is not None else DEFAULT_MODEL
     from sbert_cli.train.distributed import is_main_process
+
+    model = model_or_default(model, config_name, DEFAULT_MODEL)
 
     options = ClassifierOptions(
         data_dir=data_dir, train_file=train_file, dev_file=dev_file, test_file=test_file, labels_file=labels_file,
@@ -102,13 +99,25 @@ def train_cls(
     if not main:
         return
     _print_run_summary(result.train)
-    from sbert_cli.cli.eval import (
-        render_classification,  # the same report as `sbert eval`
-    )
+    from sbert_cli.cli.eval import render_classification
 
+    print_reports(result, render_classification)
+
+
+def model_or_default(model: str | None, config_name: str | None, default: str) -> str | None:
+    """--model, else `default` unless --config starts from scratch; both given is an error."""
+    from sbert_cli.errors import ConfigError
+
+    if model is not None and config_name is not None:
+        raise ConfigError("give --model DIR|REPO to fine-tune a checkpoint, or --config tiny|small|base to start from scratch (not both)")
+    return model if model is not None or config_name is not None else default
+
+
+def print_reports(result, render) -> None:
+    """A fine-tuning run's closing reports on its kept model (`sbert eval`'s, drawn by `render`), then where it is."""
     for name, evaluation in result.reports.items():  # in the precision the run selected the model with
         console.rule(f"{name} ({result.model_dir.name} model, {precision_words(result.train.precision)})")
-        render_classification(evaluation.to_json())
+        render(evaluation.to_json())
     if result.model_dir is not None:
         console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
 

@@ -9,14 +9,16 @@ import typer
 from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
-from sbert_cli.cli.options import TRAINING, TRAINING_OPTIONS, Out, with_options
-from sbert_cli.cli.train import ModelConfig, Vocab, _print_run_summary, _train_config, rule_help
+from sbert_cli.cli.options import Out, training_options, with_options
+from sbert_cli.cli.progress import TrainingProgress
+from sbert_cli.cli.train import ModelConfig, Vocab, _print_run_summary, _train_config, model_or_default, print_reports, rule_help
+from sbert_cli.tasks.ner import CRF_LR_SCALE
 
-CRF_PANEL = "Tagging"
+TAGGING = "Tagging"
 
 
 @app.command("train-ner")
-@with_options(TRAINING_OPTIONS)
+@with_options(training_options(lr=rule_help("ner")))
 def train_ner(
     train_file: Annotated[Path, typer.Option("--train", help="Training file: CoNLL (TOKEN TAG per line, a blank line between sentences; BIO, IOB1, BIOES or BMES tags), JSONL with character offsets, or CLUENER JSON lines.")],
     dev_file: Annotated[Optional[Path], typer.Option("--dev", help="Dev file (same formats): picks the best model by entity F1.")] = None,
@@ -25,33 +27,24 @@ def train_ner(
     config_name: ModelConfig = None,
     vocab: Vocab = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Ids per window; longer sentences are read in overlapping windows, never truncated.")] = 128,
-    crf: Annotated[bool, typer.Option("--crf", help="A CRF on top: learned tag transitions, Viterbi decoding.", rich_help_panel=CRF_PANEL)] = False,
-    crf_lr_scale: Annotated[float, typer.Option("--crf-lr-scale", help="With --crf: the CRF's lr is this times the peak lr (its scores start at zero and need larger steps).", rich_help_panel=CRF_PANEL)] = 100.0,
+    crf: Annotated[bool, typer.Option("--crf", help="A CRF on top: learned tag transitions, Viterbi decoding.", rich_help_panel=TAGGING)] = False,
+    crf_lr_scale: Annotated[float, typer.Option("--crf-lr-scale", help="With --crf: the CRF's lr is this times the peak lr (its scores start at zero and need larger steps).", rich_help_panel=TAGGING)] = CRF_LR_SCALE,
     out: Out = Path("runs/ner"),
-    lr: Annotated[Optional[float], typer.Option("--lr", help=rule_help("cls"), rich_help_panel=TRAINING)] = None,
     **shared,
 ) -> None:
     """Fine-tune a BERT tagger (named entities, any character tagging); keeps the best model on dev by entity F1."""
     config = _train_config({**locals(), **shared})
-    from sbert_cli.errors import ConfigError
     from sbert_cli.tasks.ner import DEFAULT_MODEL, NerOptions, train_tagger
     from sbert_cli.train.distributed import is_main_process
-    from sbert_cli.cli.progress import TrainingProgress
 
-    if model is not None and config_name is not None:
-        raise ConfigError("give --model DIR|REPO to fine-tune a checkpoint, or --config tiny|small|base to start from scratch (not both)")
-    model = model if model is not None or config_name is not None else DEFAULT_MODEL
-    options = NerOptions(train_file=train_file, dev_file=dev_file, test_file=test_file, model=model,
-                         config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, crf=crf, crf_lr_scale=crf_lr_scale)
+    options = NerOptions(train_file=train_file, dev_file=dev_file, test_file=test_file,
+                         model=model_or_default(model, config_name, DEFAULT_MODEL), config_name=config_name, vocab=vocab,
+                         max_seq_len=max_seq_len, crf=crf, crf_lr_scale=crf_lr_scale)
     main = is_main_process()
     result = train_tagger(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
     _print_run_summary(result.train)
-    from sbert_cli.cli.eval import render_ner  # the same report as `sbert eval`
+    from sbert_cli.cli.eval import render_ner
 
-    for name, evaluation in result.reports.items():
-        console.rule(f"{name} ({result.model_dir.name} model)")
-        render_ner(evaluation.to_json())
-    if result.model_dir is not None:
-        console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
+    print_reports(result, render_ner)
