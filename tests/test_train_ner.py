@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from sbert_cli.errors import ConfigError
 from sbert_cli.tasks.ner import NerOptions, train_tagger
-from sbert_cli.train.types import TrainConfig
+from sbert_cli.train.types import Callbacks, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,3 +191,18 @@ def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_pat
     assert (out / "eval-dev" / "wrong_sentences.tsv").is_file()
     report = json.loads((out / "eval-dev" / "metrics.json").read_text())
     assert report["task"] == "ner" and report["scheme"] == "BMES"
+
+
+def test_from_a_checkpoint_the_tagger_head_is_new_and_the_rate_is_a_fine_tuning_one(tmp_path, data, hf_mlm_dir):
+    messages = []
+
+    class Lines(Callbacks):
+        def message(self, text):
+            messages.append(text)
+
+    result = train_tagger(options(data, config_name=None, model=str(hf_mlm_dir), crf=True, dev_file=None),
+                          config(tmp_path / "run", max_steps=2, epochs=None, lr=None), Lines())
+    assert "classifier.weight" in result.new_head and "crf.*" in result.new_head
+    assert any(line.startswith("lr 2e-3 (fine-tuning") for line in messages)  # hidden 32: the narrow-model row
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["lr_choice"]["situation"] == "fine-tuning" and run["model"] == str(hf_mlm_dir)
