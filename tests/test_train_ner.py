@@ -177,12 +177,10 @@ def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_pat
     from sbert_cli.cli import app
     from sbert_cli.resources import NER_SAMPLE_DEV, NER_SAMPLE_TRAIN
 
-    train = tmp_path / "train.txt"  # the bundled sample's first 300 sentences: BMES
-    train.write_text("\n\n".join(NER_SAMPLE_TRAIN.read_text(encoding="utf-8").split("\n\n")[:300]) + "\n", encoding="utf-8")
-    out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train-ner", "--train", str(train), "--dev", str(NER_SAMPLE_DEV), "--config", "tiny",
-                                      "--crf", "--out", str(out), "--epochs", "1", "--max-seq-len", "64", "--no-plot",
-                                      "--precision", "fp32", "--device", "cpu"])
+    out = tmp_path / "run"  # the bundled sample (BMES), a tiny BERT from scratch
+    result = CliRunner().invoke(app, ["train-ner", "--train", str(NER_SAMPLE_TRAIN), "--dev", str(NER_SAMPLE_DEV),
+                                      "--config", "tiny", "--crf", "--out", str(out), "--epochs", "2", "--batch-size", "32",
+                                      "--max-seq-len", "64", "--no-plot", "--precision", "fp32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "scheme BMES" in lines[0] and "3 entity types: LOC, ORG, PER" in lines[0]
@@ -191,6 +189,7 @@ def test_the_cli_prints_scheme_and_labels_first_and_the_eval_report_last(tmp_pat
     assert (out / "eval-dev" / "wrong_sentences.tsv").is_file()
     report = json.loads((out / "eval-dev" / "metrics.json").read_text())
     assert report["task"] == "ner" and report["scheme"] == "BMES"
+    assert report["entity_f1"] > 0.6  # measured 0.94 (a fifth of dev has entities train never shows)
 
 
 def test_from_a_checkpoint_the_tagger_head_is_new_and_the_rate_is_a_fine_tuning_one(tmp_path, data, hf_mlm_dir):
