@@ -29,8 +29,11 @@ import numpy as np
 import torch
 
 
-def build_model_dir(out: Path, labels: list[str], seed: int) -> Path:
-    """A random transformers BertForSequenceClassification of BERT-base shape, saved with the Chinese vocab."""
+QUICK_SHAPE = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256)  # --quick
+
+
+def build_model_dir(out: Path, labels: list[str], seed: int, shape: dict | None = None) -> Path:
+    """A random transformers BertForSequenceClassification of BERT-base shape (or `shape`), saved with the Chinese vocab."""
     import shutil
 
     import transformers
@@ -38,7 +41,7 @@ def build_model_dir(out: Path, labels: list[str], seed: int) -> Path:
     from sbert_cli.resources import CHINESE_VOCAB
 
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=21128, id2label=dict(enumerate(labels)))
+    config = transformers.BertConfig(vocab_size=21128, id2label=dict(enumerate(labels)), **(shape or {}))
     transformers.BertForSequenceClassification(config).eval().save_pretrained(str(out))
     shutil.copyfile(CHINESE_VOCAB, out / "vocab.txt")
     return out
@@ -120,7 +123,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--also-unsorted", action="store_true", help="also time the transformers loop in file order")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a 2-layer, 128-wide model, 64 lines, 1 repeat: a smoke test")
     args = parser.parse_args()
+    if args.quick:
+        args.lines, args.repeats, args.batch_size = 64, 1, 16
 
     import transformers
 
@@ -131,12 +137,12 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     labels = THUCNEWS_CLASSES.read_text(encoding="utf-8").split()
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = build_model_dir(Path(scratch) / "model", labels, args.seed)
+        model_dir = build_model_dir(Path(scratch) / "model", labels, args.seed, QUICK_SHAPE if args.quick else None)
         data = write_data(Path(scratch) / "thucnews.tsv", args.lines)
         data_lines = data.read_text(encoding="utf-8").splitlines()
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_summary()
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}")
-        print(f"BERT-base shape (12 layers, 768 hidden, vocab 21128, 10 labels), random weights; "
+        print(f"{'--quick shape' if args.quick else 'BERT-base shape (12 layers, 768 hidden, vocab 21128, 10 labels)'}, random weights; "
               f"{args.lines:,} THUCNews lines, batch size {args.batch_size}, {precision}")
         contenders = {
             "sbert eval": SbertEval(model_dir, str(device), precision, args.batch_size),

@@ -169,7 +169,10 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, help="a trained classifier dir (e.g. sbert-demo/classifier/last)")
     parser.add_argument("--data", type=Path, help="labelled file to score it on (e.g. sbert-demo/data/dev.txt)")
     parser.add_argument("--labels", type=Path, help="label names file, when the data has label ids")
+    parser.add_argument("--quick", action="store_true", help="1 layer, batch 2 x 8 tokens, 1 repeat, fp32 and int8: a smoke test")
     args = parser.parse_args()
+    if args.quick:
+        args.batch_size, args.seq_len, args.layers, args.repeats, args.matmul_size, args.no_bf16 = 2, 8, 1, 1, 64, True
 
     from sbert_cli.model.precision import configure_threads, machine_summary
 

@@ -207,7 +207,10 @@ def main() -> None:
     parser.add_argument("--endpoint", default="/predict", choices=["/predict", "/embed"])
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batched-size", type=int, default=64, help="--max-batch-size of the batching server")
+    parser.add_argument("--quick", action="store_true", help="tiny, 4 clients, 0.2 + 0.5 s per run: a smoke test")
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.clients, args.warmup, args.seconds = ["tiny"], [4], 0.2, 0.5
 
     import torch
 

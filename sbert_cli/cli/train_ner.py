@@ -12,7 +12,7 @@ from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import Out, training_options, with_options
 from sbert_cli.cli.progress import TrainingProgress
 from sbert_cli.cli.train import ModelConfig, Vocab, _print_run_summary, _train_config, model_or_default, print_reports, rule_help
-from sbert_cli.tasks.ner import CRF_LR_SCALE
+from sbert_cli.tasks.lr_rule import CRF_LR_SCALE
 
 TAGGING = "Tagging"
 

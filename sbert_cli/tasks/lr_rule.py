@@ -37,6 +37,10 @@ from sbert_cli.train.types import WARMUP_RATIO  # every rule's warmup: TrainConf
 # every seed; a tiny BERT from scratch: 0.721 against 0.727 (seed spread +-0.05). README "Fine-tuning quality".
 LABEL_SMOOTHING = 0.1
 
+# train-ner --crf: the CRF's lr is this times the peak lr. Its scores start at zero; at the encoder's fine-tuning rate
+# they would barely move in a few epochs (bert4torch trains them at 1e-2 beside 2e-5). Torch-free, for --help.
+CRF_LR_SCALE = 100.0
+
 SCRATCH, FINE_TUNE, NEW_HEAD, CONTINUE = "from scratch", "fine-tuning", "new MLM head", "continued pretraining"
 
 # (largest hidden size, lr): the first row whose width is >= the model's.

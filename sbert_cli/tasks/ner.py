@@ -26,7 +26,7 @@ from torch import nn
 
 from sbert_cli.data.batching import pad_batch
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.lr_rule import with_chosen_lr
+from sbert_cli.tasks.lr_rule import CRF_LR_SCALE, with_chosen_lr
 from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
 from sbert_cli.train.distributed import DistributedEnv
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from sbert_cli.data.ner import NerData, Window
 
 DEFAULT_MODEL = "hfl/chinese-bert-wwm-ext"
-# The CRF's lr is this times the peak lr. Its scores start at zero; at the encoder's fine-tuning rate they would
-# barely move in a few epochs (bert4torch trains them at 1e-2 beside 2e-5).
-CRF_LR_SCALE = 100.0
 
 
 @dataclass
