@@ -83,6 +83,17 @@ class OutputDir:
             files.update(self._files_under(Path(entry)))
         self._write_manifest(files)
 
+    def expect(self, name: str | Path) -> None:
+        """Record NAME whole before sbert moves a folder there, so that a process killed right after the move
+        leaves nothing unrecorded; `settle` then lists its files instead."""
+        self._write_manifest(self._own_recorded() | {self._relative(Path(name))})
+
+    def settle(self, name: str | Path) -> None:
+        """After the move: NAME's files take the place of its whole-entry and of any earlier files under it (one write)."""
+        entry = self._relative(Path(name))
+        files = {f for f in self._own_recorded() if f != entry and not f.startswith(entry + "/")}
+        self._write_manifest(files | set(self._files_under(Path(name))))
+
     def forget(self, *entries: str | Path) -> None:
         """Drop entries (and everything recorded under them) from the record, after sbert removed them."""
         names = {self._relative(Path(e)) for e in entries}
@@ -112,8 +123,13 @@ class OutputDir:
         if not (full.exists() or full.is_symlink()):
             return []
         mine = self.recorded()
+
+        def recorded(f: str) -> bool:  # itself, or a folder above it expected whole (killed as it was moved in)
+            parts = f.split("/")
+            return any("/".join(parts[:n]) in mine for n in range(1, len(parts) + 1))
+
         return [f for f in self._files_under(full)
-                if f not in mine and f.rsplit("/", 1)[-1] not in OWN_FILES and not any(map(_is_temp, f.split("/")))]
+                if not recorded(f) and f.rsplit("/", 1)[-1] not in OWN_FILES and not any(map(_is_temp, f.split("/")))]
 
     # -- checks, before anything is written
 
@@ -203,6 +219,9 @@ class OutputDir:
             if _inside(full, self.path) and (full.is_file() or full.is_symlink()):
                 full.unlink()
                 removed.append(name)
+            elif _inside(full, self.path) and full.is_dir():  # expected whole: killed as it was moved in
+                _remove(full)
+                removed.append(name)
         for folder in folders:
             if folder != self.path:
                 (folder / MANIFEST).unlink(missing_ok=True)
@@ -222,6 +241,7 @@ class OutputDir:
         foreign = self.foreign(name)
         if foreign:
             raise ConfigError(f"{target}: holds files sbert did not write ({foreign[0]}); move them away and run again")
+        self.expect(name)
         if target.exists() or target.is_symlink():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             _remove(old)
@@ -230,8 +250,7 @@ class OutputDir:
             _remove(old)
         else:
             os.replace(new, target)
-        self.forget(name)
-        self.record(name)
+        self.settle(name)
         return target
 
     def install(self, new: Path) -> list[str]:

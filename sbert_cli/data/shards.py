@@ -125,11 +125,12 @@ class ShardWriter:
             shard_dir.mkdir()
             for key, array in arrays.items():
                 np.save(shard_dir / f"{key}.npy", array, allow_pickle=False)
+            OutputDir(self.out).expect(name)  # a run killed right after the move leaves nothing unrecorded
             place_folder(shard_dir, self.out / name)
         except OSError as e:  # a full disk, `ulimit -f`
             shutil.rmtree(shard_dir, ignore_errors=True)
             raise OutputError(os_error_message(e, self.out / name)) from None
-        OutputDir(self.out).record(name)
+        OutputDir(self.out).settle(name)
         self.shards.append({
             "name": name,
             "sequences": self._sequences,

@@ -335,7 +335,8 @@ class NpyWriter:
         return place(self.tmp, self.path, self.force)
 
     def discard(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # closing flushes, and the disk that failed may fail again
+            self.file.close()
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "NpyWriter":
@@ -343,6 +344,10 @@ class NpyWriter:
 
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.discard()
+                raise
         else:
             self.discard()
