@@ -254,7 +254,7 @@ def test_offsets_of_a_text_with_only_spaces(tokenizer):
 
 
 ALPHABET = st.sampled_from(list("张三北京大学的了") + list("aZk") + list("079") + list("ＡＺ０９") + list("，。,.!（")
-                           + [" ", "\u3000", "\t", "😀", "\u200b", "é", "\ufffd", "İ", "ß", "\x7f", "\u0301"])
+                           + [" ", "\u3000", "\t", "😀", "\u200b", "é", "\ufffd", "İ", "ß", "\x7f", "\u0301", "\u00a0", "\ufeff", "\u2028", "ｶ", "Ω"])
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
