@@ -24,8 +24,9 @@ from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.tasks.probe import ProbeResult, probe_mlm_head
 
 DIRECTIONS = ("sbert", "hf")
-# transformers class for the heads a checkpoint holds; the classifier wins when both are present.
-HF_ARCHITECTURES = (("cls", "BertForSequenceClassification"), ("mlm", "BertForMaskedLM"))
+# transformers class for the heads a checkpoint holds; the classifier (or tagger) wins when both are present.
+HF_ARCHITECTURES = (("ner", "BertForTokenClassification"), ("cls", "BertForSequenceClassification"),
+                    ("mlm", "BertForMaskedLM"))
 OPTIONAL_PARTS = {
     "bert.pooler.": "pooler (BertForMaskedLM checkpoints ship none; only the classifier uses it)",
     "mlm_head.": "MLM head (cls.predictions.*): fill-mask and continued pretraining need one",
@@ -90,7 +91,7 @@ def convert_weights(
 
     with OutputDir(destination):
         if to == "sbert":
-            task = next((t for t in ("mlm", "cls") if t in checkpoint.heads), "base")
+            task = next((t for t in ("mlm", "cls", "ner") if t in checkpoint.heads), "base")
             meta = model_meta(task, checkpoint.state, source=str(source))
             write_model_dir(destination, checkpoint.config.to_dict(), checkpoint.state, tokenizer, meta=meta)
             architecture = None

@@ -154,31 +154,30 @@ def test_eval_scores_exactly_what_predict_returns(tagger_dir, tmp_path):
     assert lines[0] == "origin\ttext\tgold\tpredicted" and len(lines) == 1 + len(wrong)
 
 
-def test_transformers_reads_an_exported_tagger(tagger_dir):
+def test_transformers_reads_an_exported_tagger_and_sbert_reads_it_back(tagger_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from safetensors.torch import load_file
-
-    from sbert_cli.model.hf_weights import export_hf_state_dict
+    from sbert_cli.convert import convert_weights
     from sbert_cli.model.model_dir import load_for_task
 
     model_dir, _ = tagger_dir
+    summary = convert_weights(model_dir, tmp_path / "hf", to="hf")
+    assert summary.architecture == "BertForTokenClassification" and summary.heads == ["ner"]
     ours = load_for_task(model_dir, "ner").model
-    config = transformers.BertConfig.from_pretrained(str(model_dir))
-    theirs = transformers.BertForTokenClassification(config).eval()
-    state = export_hf_state_dict(load_file(str(model_dir / "model.safetensors")))
-    missing, unexpected = theirs.load_state_dict(state, strict=False)
-    assert missing == [] and sorted(unexpected) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight",
-                                                    "crf.end_scores", "crf.start_scores", "crf.transitions"]
+    theirs, info = transformers.AutoModelForTokenClassification.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert not info["missing_keys"] and all(k.startswith(("crf.", "bert.pooler.")) for k in info["unexpected_keys"])
     ids = torch.tensor([[101, 2476, 2399, 1343, 749, 1266, 776, 102]])
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-5, rtol=1e-5)
-    assert config.id2label[1] == "B-LOC"
+        torch.testing.assert_close(ours(ids), theirs.eval()(ids).logits, atol=1e-5, rtol=1e-5)
+    assert theirs.config.id2label[1] == "B-LOC"
+    # The export has no sbert.json: config.json's architectures make it a tagger, its CRF comes along.
+    back = load_tagger(tmp_path / "hf", device="cpu", precision="fp32")
+    assert back.crf and back.entities(["张伟昨天去了北京。"]) == load_tagger(model_dir, device="cpu", precision="fp32").entities(["张伟昨天去了北京。"])
 
 
 def test_a_text_classifier_is_not_a_tagger(tmp_path, hf_cls_dir):
     from sbert_cli.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="not sbert's BIOES tag set"):
+    with pytest.raises(ModelLoadError, match=r"is a text classifier \(train-cls\), not a tagger"):
         load_tagger(hf_cls_dir, device="cpu")
 
 

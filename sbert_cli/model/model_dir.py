@@ -112,12 +112,23 @@ def read_checkpoint(model: str | Path) -> Checkpoint:
     _check_finite(state, weights)
     if meta is not None:
         report = _check_sbert_state(state, expected_shapes(config), path)
-        return Checkpoint(path, config, state, report, "sbert", meta)
-    try:
-        state, report = convert_hf_state_dict(state, expected_shapes(config))
-    except WeightMismatchError as e:
-        raise WeightMismatchError(f"{path}: {e}") from None
-    return Checkpoint(path, config, state, report, "hf")
+    else:
+        try:
+            state, report = convert_hf_state_dict(state, expected_shapes(config))
+        except WeightMismatchError as e:
+            raise WeightMismatchError(f"{path}: {e}") from None
+    if is_tagger_config(config, meta):  # classifier.* tags tokens: the head is a tagger's
+        report.heads = ["ner" if head == "cls" else head for head in report.heads]
+    return Checkpoint(path, config, state, report, "sbert" if meta is not None else "hf", meta or {})
+
+
+def is_tagger_config(config: BertConfig, meta: dict | None) -> bool:
+    """Whether a model dir's classifier.* is a token classifier: sbert.json's task says ner, or (an HF dir)
+    config.json's architectures name BertForTokenClassification."""
+    if meta is not None:
+        return meta.get("task") == "ner"
+    architectures = config.extra.get("architectures")
+    return isinstance(architectures, list) and "BertForTokenClassification" in architectures
 
 
 def read_meta(path: Path) -> dict:
@@ -227,11 +238,11 @@ def load_for_task(
     ck = read_checkpoint(model)
     config = ck.config
     state = dict(ck.state)
-    kind = ck.meta.get("task")  # an sbert dir says whether its classifier.* tags tokens or classifies texts
-    if task in ("cls", "ner") and kind in ("cls", "ner") and kind != task and not allow_new_head:
+    kind = next((head for head in ("ner", "cls") if head in ck.heads), None)  # what its classifier.* is
+    if task in ("cls", "ner") and kind is not None and kind != task and not allow_new_head:
         what = {"ner": "a tagger (train-ner)", "cls": "a text classifier (train-cls)"}
-        raise ModelLoadError(f"{ck.path}: is {what[kind]}, not {what[task]}; sbert eval/predict/serve pick the task "
-                             "from sbert.json")
+        raise ModelLoadError(f"{ck.path}: is {what[kind]}, not {what[task]}; sbert eval/predict/serve tell them apart "
+                             "by sbert.json's task (or config.json's architectures)")
     options = {}
     if task == "ner":  # a tagger: its labels are tag names; it has a CRF when the checkpoint holds one
         options["crf"] = any(k.startswith("crf.") for k in state)

@@ -76,8 +76,6 @@ class ModelService:
         encoder_dir = st.encoder_dir if st is not None else model_dir
         checkpoint = read_checkpoint(encoder_dir)
         self.heads = list(checkpoint.heads)
-        if checkpoint.meta.get("task") == "ner":  # a tagger's classifier.* tags tokens (sbert.json says so)
-            self.heads = ["ner" if head == "cls" else head for head in self.heads]
         settings = embedding_settings(encoder_dir, checkpoint.config, checkpoint.meta, st, pooling, normalize, max_seq_len)
         del checkpoint
         self.device = resolve_device(device)

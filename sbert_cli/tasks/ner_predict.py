@@ -188,11 +188,13 @@ class Tagger:
 
 
 def is_tagger(model: str | Path) -> bool:
-    """Whether a model dir (or repo id) holds a tagger: its sbert.json says task ner. Reads no weights."""
-    from sbert_cli.model.model_dir import SBERT_META, read_meta, resolve_model_dir
+    """Whether a model dir (or repo id) holds a tagger (model_dir.is_tagger_config). Reads no weights."""
+    from sbert_cli.model.config import BertConfig
+    from sbert_cli.model.model_dir import SBERT_META, is_tagger_config, read_meta, resolve_model_dir
 
-    meta = resolve_model_dir(model) / SBERT_META
-    return meta.is_file() and read_meta(meta).get("task") == "ner"
+    path = resolve_model_dir(model)
+    meta = read_meta(path / SBERT_META) if (path / SBERT_META).is_file() else None
+    return is_tagger_config(BertConfig.from_json(path / "config.json"), meta)
 
 
 def load_tagger(model: str | Path, *, batch_size: int = 64, precision: str = "auto", device: str = "auto",
