@@ -1,9 +1,10 @@
 """train-ner: fine-tune (or train from scratch) a BERT tagger, with an optional CRF, on the generic training loop.
 
-- `NerOptions`, `train_tagger` (read the files, build the model, train, report dev and test as `sbert eval` does),
-  `NerResult`.
+- `NerOptions`, `validate_options`, `train_tagger` (read the files, build the model, train, report dev and test as
+  `sbert eval` does), `NerResult`; `read_splits` and `describe_data` (the run's first lines: scheme, sizes, types).
 - `encode_split`: a file's sentences as windows of at most max_seq_len ids (data.ner.encode_windows; long
-  sentences are split, never truncated), each word's BIOES tag on its first sub-token.
+  sentences are split, never truncated), each word's BIOES tag on its first sub-token; `collate` pads windows
+  with their word positions and tags; `tagging_loss` is the loss of a batch of them.
 - `TaggingTask`: the loop's Task. Training items are windows; the loss is the cross-entropy of each word's
   first sub-token (or the CRF's negative log-likelihood of the window's tag path), summed, per word. Dev items
   are whole sentences, decoded exactly as `sbert predict` does (ner_predict.decode_words on merged windows);
