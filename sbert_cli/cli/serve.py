@@ -29,7 +29,7 @@ def serve_command(
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:
-    """An HTTP server for the model: POST /embed, /predict (classifier), /fill-mask (MLM head); GET /health, /info, /docs.
+    """An HTTP server for the model: POST /embed, /predict (classifier), /fill-mask (MLM head), /ner (tagger); GET /health, /info, /docs.
 
     Requests that arrive together run as one length-sorted batch. Ctrl-C or SIGTERM stops accepting
     connections, finishes the requests in flight, and exits 0; a model call still running after the graceful
