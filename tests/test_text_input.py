@@ -202,3 +202,97 @@ def test_one_input_layer_reads_arguments_files_gz_and_stdin_alike(tmp_path):
         f.write("股市大涨\tfinance\n球队夺冠\tsports\n")
     data = read_classification_file(tmp_path / "train.tsv.gz")
     assert data.texts == ["股市大涨", "球队夺冠"] and data.label_names == ["finance", "sports"]
+
+
+# --- issue 21: line ends, bounds and inputs that are no regular file
+
+
+def test_lines_end_at_lf_crlf_or_a_lone_cr_even_across_read_chunks(monkeypatch):
+    import io
+
+    from sbert_cli.data import text_input
+    from sbert_cli.data.text_input import iter_raw_lines
+
+    data = b"a\r\nb\rc\nd\r" + b"e" * 10 + b"\r\nf"
+    monkeypatch.setattr(text_input, "CHUNK_BYTES", 3)  # CRLF split between two reads must stay one line end
+    assert list(iter_raw_lines(io.BytesIO(data), "x")) == [b"a", b"b", b"c", b"d", b"e" * 10, b"f"]
+    monkeypatch.setattr(text_input, "CHUNK_BYTES", 1 << 16)
+    assert list(iter_raw_lines(io.BytesIO(b"\r\r\n\n"), "x")) == [b"", b"", b""]
+
+
+def test_old_mac_line_ends_give_one_text_per_line(tmp_path):
+    path = tmp_path / "mac.txt"
+    path.write_bytes("第一条\r第二条\r第三条\r".encode("utf-8"))
+    lines, _ = read_all(path)
+    assert [text for text, _ in lines] == ["第一条", "第二条", "第三条"]
+
+
+def test_a_line_past_the_bound_names_file_and_line_and_the_variable(tmp_path, monkeypatch):
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"short\n" + b"x" * 5000 + b"\nafter\n")
+    monkeypatch.setenv("SBERT_MAX_LINE_BYTES", "4096")
+    with pytest.raises(DataError, match=r"long.txt:2: a line longer than 4,096 bytes.*SBERT_MAX_LINE_BYTES"):
+        read_all(path)
+    monkeypatch.setenv("SBERT_MAX_LINE_BYTES", "8192")  # raised, the same file reads
+    assert [text for text, _ in read_all(path)[0]] == ["short", "x" * 5000, "after"]
+    monkeypatch.setenv("SBERT_MAX_LINE_BYTES", "-5")
+    with pytest.raises(ConfigError, match="SBERT_MAX_LINE_BYTES must be a whole number of bytes"):
+        read_all(path)
+
+
+def test_the_input_budget_counts_decompressed_bytes(tmp_path, monkeypatch):
+    path = tmp_path / "many.txt.gz"
+    path.write_bytes(gzip.compress(b"ok\n" * 10_000))
+    monkeypatch.setenv("SBERT_MAX_INPUT_BYTES", "20000")
+    with pytest.raises(DataError, match=r"many.txt.gz: more than 20,000 bytes of text \(decompressed\).*SBERT_MAX_INPUT_BYTES"):
+        read_all(path)
+    monkeypatch.setenv("SBERT_MAX_INPUT_BYTES", "30000")
+    assert read_all(path)[1].lines == 10_000
+
+
+def test_a_truncated_gz_names_its_line(tmp_path):
+    from sbert_cli.data.text_input import iter_texts
+
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(gzip.compress("".join(f"第{n}行\n" for n in range(5000)).encode("utf-8"))[:2000])
+    with pytest.raises(DataError, match=r"cut.txt.gz:\d+: cannot read the file .*cut short"):
+        list(iter_texts([], path))
+
+
+def test_a_fifo_is_read_once_and_is_not_called_empty(tmp_path):
+    import os
+    import threading
+
+    from sbert_cli.data.text_input import iter_texts
+
+    fifo = tmp_path / "pipe.tsv"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write("你好\tx\n再见\ty\n".encode("utf-8"))
+
+    for read in (lambda: [text for text, _ in read_all(fifo)[0]], lambda: [text for text, _ in iter_texts([], fifo)]):
+        writer = threading.Thread(target=feed)
+        writer.start()
+        assert read() == ["你好", "再见"]  # the TSV sniffing did not read the pipe a second time
+        writer.join()
+
+
+def test_json_nested_too_deep_is_a_bad_line_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "ok"}\n' + '{"text": ' + "[" * 100_000 + "}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"deep.jsonl:2: not valid JSON \(nested too deeply"):
+        read_all(path)
+    lines, stats = read_all(path, on_bad_lines="skip")
+    assert [text for text, _ in lines] == ["ok"] and stats.skipped_lines == 1
+
+
+def test_bad_line_advice_names_on_bad_lines_only_where_the_command_has_it(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("a\tb\nc\n", encoding="utf-8")
+    with pytest.raises(DataError, match="fix the row or pass `on_bad_lines` skip"):
+        read_all(path)
+    with pytest.raises(DataError) as refused:
+        read_all(path, can_skip=False)
+    assert "on_bad_lines" not in str(refused.value) and str(refused.value).endswith("fix the row")

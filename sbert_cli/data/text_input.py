@@ -131,14 +131,18 @@ def iter_raw_lines(stream: BinaryIO, name: str, budget: int | None = None) -> It
             pending = b""  # (a line ending in CR stays pending: its LF may start the next chunk)
         for line in lines:
             number += 1
+            if len(line) > max_line + 2:
+                raise _too_long(name, number, max_line)
             yield line[:-2] if line.endswith(b"\r\n") else line[:-1]
         if len(pending) > max_line:
-            raise DataError(
-                f"{name}:{number + 1}: a line longer than {max_line:,} bytes; is this a text file? split the "
-                f"line, or set {MAX_LINE_BYTES_VAR} (bytes) higher"
-            )
+            raise _too_long(name, number + 1, max_line)
     if pending:
         yield pending[:-1] if pending.endswith(b"\r") else pending
+
+
+def _too_long(name: str, number: int, max_line: int) -> DataError:
+    return DataError(f"{name}:{number}: a line longer than {max_line:,} bytes; is this a text file? split the line, "
+                     f"or set {MAX_LINE_BYTES_VAR} (bytes) higher")
 
 
 def input_budget(path: str | Path) -> int | None:
