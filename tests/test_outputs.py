@@ -245,3 +245,107 @@ def test_pretrain_force_keeps_a_users_files(tmp_path, thucnews_train):
     around = ["pretrain", "--data", str(tmp_path / "mlm"), "--config", "tiny", "--out", str(tmp_path), "--force",
               "--max-steps", "1", "--precision", "fp32"]  # an --out that contains the data
     one_line_error(runner.invoke(app, around), "which this command reads")
+
+
+# ------------------------------------------------------------------------- the one writer (issue 21)
+
+
+def test_a_file_that_appears_while_sbert_writes_is_kept_not_replaced(tmp_path):
+    import numpy as np
+
+    from sbert_cli.errors import OutputError
+    from sbert_cli.outputs import new_file
+    from sbert_cli.tasks.embedding import NpyWriter
+
+    target = tmp_path / "x.npy"
+    writer = NpyWriter(target, 4)  # the check passes: nothing there yet
+    writer.write(np.ones((2, 4), dtype=np.float32))
+    target.write_bytes(b"the user's, written meanwhile")
+    with pytest.raises(OutputError, match="x.npy: appeared while sbert was writing it, and was kept"):
+        writer.close()
+    assert target.read_bytes() == b"the user's, written meanwhile"
+    with pytest.raises(OutputError, match="appeared while"):
+        with new_file(tmp_path / "r.txt") as stream:
+            stream.write("sbert's")
+            (tmp_path / "r.txt").write_text("mine")
+    assert (tmp_path / "r.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt", "x.npy"]  # no temp files left
+
+
+def test_the_writer_never_writes_through_a_link_or_onto_a_device(tmp_path):
+    from sbert_cli.errors import OutputError
+    from sbert_cli.outputs import write_text
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    os.symlink(outside, tmp_path / "link.txt")
+    os.mkfifo(tmp_path / "fifo.txt")
+    with pytest.raises(OutputError, match="link.txt: is a symbolic link"):
+        write_text(tmp_path / "link.txt", "x", force=True)
+    with pytest.raises(OutputError, match="fifo.txt: is a device, FIFO or socket"):
+        write_text(tmp_path / "fifo.txt", "x", force=True)
+    with pytest.raises(OutputError, match="outside.txt: already exists; pass `force`"):
+        write_text(outside, "x")
+    assert outside.read_text() == "keep"
+    write_text(outside, "replaced", force=True)
+    assert outside.read_text() == "replaced"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_and_model_dirs_get_the_users_umask(tmp_path, umask, hf_mlm_dir):
+    from sbert_cli.convert import convert_weights
+    from sbert_cli.outputs import write_text
+
+    previous = os.umask(umask)
+    try:
+        write_text(tmp_path / "a.txt", "a")
+        model = convert_weights(hf_mlm_dir, tmp_path / "model", probe=False).destination
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    for path in model.iterdir():  # model.safetensors too: safetensors alone writes it 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_temp_entries_of_dead_processes_are_removed_and_a_half_replaced_folder_is_put_back(tmp_path):
+    from sbert_cli.outputs import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".x.npy.tmp-{dead}").write_text("half")
+    (tmp_path / f".x.npy.tmp-{os.getppid()}").write_text("a live writer's")  # pytest's parent is alive
+    (tmp_path / f".model.tmp-{dead}").mkdir()
+    (tmp_path / f".model.old-{dead}").mkdir()  # killed between moving the old aside and the new in
+    (tmp_path / f".model.old-{dead}" / "config.json").write_text("old")
+    (tmp_path / ".notes.tmp-x").write_text("not a PID: not sbert's")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == [f".model.tmp-{dead}", f".x.npy.tmp-{dead}"]
+    assert (tmp_path / "model" / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".x.npy.tmp-{os.getppid()}", ".notes.tmp-x", "model"])
+
+
+def test_a_failed_checkpoint_leaves_the_run_force_able_and_temps_are_cleaned_anywhere(tmp_path):
+    out = OutputDir(tmp_path / "run")
+    with out:
+        (out.path / "run.json").write_text("{}")
+        out.record("run.json")
+        half = out.path / "checkpoints" / ".step-0000002.tmp-999999"  # a save that died (disk full, kill -9)
+        half.mkdir(parents=True)
+        (half / "model.safetensors").write_bytes(b"half")
+    assert out.foreign() == []
+    out.check(force=True, will_write=["checkpoints", "run.json"])  # not "holds files sbert did not write"
+    with out:  # the next run's lock removes it
+        assert not half.exists()
+
+
+def test_a_folder_moved_in_is_recorded_even_when_killed_right_after_the_move(tmp_path):
+    out = OutputDir(tmp_path / "data")
+    with out:
+        out.expect("shard-00000")  # what a run killed right after its move leaves: the whole entry, no files listed
+        (out.path / "shard-00000").mkdir()
+        (out.path / "shard-00000" / "input_ids.npy").write_bytes(b"x")
+        assert out.foreign() == []
+        out.settle("shard-00000")
+        assert out.recorded() == {"shard-00000/input_ids.npy"}
+        (out.path / "shard-00000" / "photo.jpg").write_text("the user's, added later")
+        assert out.foreign() == ["shard-00000/photo.jpg"]
