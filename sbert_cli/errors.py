@@ -62,8 +62,9 @@ def os_error_message(error: OSError, path=None) -> str:
 
     name = errno.errorcode.get(error.errno or 0, "")
     where = path if path is not None else error.filename
-    if isinstance(where, str) and TEMP_NAME.match(os.path.basename(where)):
-        where = os.path.join(os.path.dirname(where), TEMP_NAME.match(os.path.basename(where))["name"])
+    if isinstance(where, (str, os.PathLike)):  # each temp part named as what it was to become
+        parts = str(where).split(os.sep)
+        where = os.sep.join(m["name"] if (m := TEMP_NAME.match(part)) else part for part in parts)
     reason = os.strerror(error.errno) if error.errno else (str(error) or type(error).__name__)
     advice = _OS_ADVICE.get(name, "")
     if where == "standard output":

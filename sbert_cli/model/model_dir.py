@@ -14,7 +14,10 @@ out_dir: convert's sbert dirs and HF exports); model_meta is sbert.json's conten
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -417,7 +420,12 @@ def _write_files(folder: Path, config_json: dict, tensors: dict[str, torch.Tenso
     for name, content in json_files.items():
         (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk or `ulimit -f` inside safetensors: an OSError as every writer's
+        code = re.search(r"os error (\d+)", str(e))
+        number = int(code[1]) if code else errno.EIO
+        raise OSError(number, os.strerror(number), str(folder / "model.safetensors")) from None
     if tokenizer.vocab_path is not None and Path(tokenizer.vocab_path).is_file():
         shutil.copyfile(tokenizer.vocab_path, folder / "vocab.txt")
     else:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from sbert_cli.errors import ConfigError, OutputError, ResumeError, os_error_message
-from sbert_cli.outputs import OutputDir
+from sbert_cli.outputs import OutputDir, write_text
 from sbert_cli.plots import CURVES_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
@@ -213,6 +213,6 @@ def truncate_metrics(out_dir: Path, step: int) -> None:
         with contextlib.suppress(json.JSONDecodeError):
             if json.loads(line).get("step", 0) <= step:
                 kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    write_text(path, "".join(line + "\n" for line in kept), force=True)  # whole, or the earlier one
 
 
