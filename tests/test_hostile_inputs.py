@@ -575,3 +575,41 @@ def test_worst_option_values_stay_within_3_gb_and_finish(inputs, tmp_path):
         assert code == (0 if name in finishing else 1), (name, output[-1000:])
     assert "note: --workers 10000: this process may use" in results["workers 10000"][1]
     assert not (tmp_path / "d").exists() and not (tmp_path / "p").exists() and not (tmp_path / "g").exists()
+
+
+# --- issue 21: accepted where 0.2 went wrong silently
+
+
+def test_old_mac_line_ends_are_one_text_per_line(inputs, tmp_path):
+    path = write(tmp_path, "mac.txt", "涨停\r进球\r新游戏\r")
+    result = runner.invoke(app, ["predict", "--model", str(inputs["hf_cls"]), "--file", path, "--format", "tsv"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["涨停", "进球", "新游戏"]
+
+
+def test_a_fifo_is_read_by_make_mlm_data_and_embed(inputs, tmp_path):
+    import threading
+
+    lines = (inputs["root"] / "train.txt").read_bytes()
+    for argv in (["make-mlm-data", "{fifo}", "--out", str(tmp_path / "out"), "--max-seq-len", "32"],
+                 ["embed", "--model", str(inputs["hf_cls"]), "--file", "{fifo}"]):
+        fifo = tmp_path / f"pipe-{argv[0]}.txt"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda f=fifo: f.write_bytes(lines))
+        writer.start()
+        result = runner.invoke(app, [a.format(fifo=fifo) for a in argv])
+        writer.join()
+        assert result.exit_code == 0 and "empty" not in result.output, result.output
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_integer_labels_without_names_get_a_note_naming_labels(inputs, tmp_path):
+    rows = THUCNEWS_TRAIN.read_text(encoding="utf-8").splitlines()[:12]
+    train = write(tmp_path, "digits.tsv", "".join(f"{r.split(chr(9))[0]}\t{i % 3}\n" for i, r in enumerate(rows)))
+    result = runner.invoke(app, TRAIN_CLS + ["--train", train, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    note = next(line for line in result.output.splitlines() if "labels are numbers" in line)
+    assert "--labels" in note and "class.txt" in note
+    names = write(tmp_path, "class.txt", "finance\nsports\ngame\n")
+    named = runner.invoke(app, TRAIN_CLS + ["--train", train, "--labels", names, "--out", str(tmp_path / "named")])
+    assert named.exit_code == 0 and "labels are numbers" not in named.output, named.output
