@@ -11,7 +11,7 @@ destination, an eval report, the demo) is an `OutputDir`:
 - A folder that is the current directory, the home directory or a filesystem root, or that contains a
   folder the command reads from, is refused outright.
 
-And the one way a file or folder is written (`new_file`, `write_text`, `write_bytes`, `place`, `place_folder`):
+And the one way a file or folder is written (`new_file`, `new_file_path`, `write_text`, `place`, `place_folder`):
 into a temp entry `.NAME.tmp-PID` beside it, fsynced, then linked into place without replacing anything
 (os.link fails on an existing name, so a file that appeared meanwhile is kept and reported), or replaced only
 when forced; never through a symbolic link and never onto anything but a regular file (a device, a FIFO).
@@ -436,36 +436,44 @@ def fsync_path(path: Path) -> None:
 def place(tmp: Path, path: Path, force: bool = False) -> Path:
     """Put the written, fsynced file `tmp` at `path`: linked without replacing (a file that appeared at `path`
     since the check is kept and reported), or, forced, replacing a regular file; `tmp` is gone after."""
-    try:
+    with _placing(tmp, path):
         check_target(path, force=True)
         os.chmod(tmp, user_mode())
         if force:
             os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputError(f"{path}: appeared while sbert was writing it, and was kept; pass `force` to replace "
-                                  "it, or choose another path") from None
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
-                    raise
-                _rename_without_replacing(tmp, path)  # a filesystem without hard links
+            return path
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _appeared(path) from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            if os.path.lexists(path):  # a filesystem without hard links: check, then rename
+                raise _appeared(path) from None
+            os.rename(tmp, path)
+    return path
+
+
+def _appeared(path: Path) -> OutputError:
+    return OutputError(f"{path}: appeared while sbert was writing it, and was kept; pass `force` to replace it, or "
+                       "choose another path")
+
+
+@contextlib.contextmanager
+def _placing(tmp: Path, path: Path) -> Iterator[None]:
+    """How every placement ends: the folder's new entry on disk, an OSError named by `path`, and `tmp` gone
+    whatever happened."""
+    try:
+        yield
         with contextlib.suppress(OSError):
             fsync_path(path.parent)
     except OSError as e:
         raise OutputError(os_error_message(e, path)) from None
     finally:
         with contextlib.suppress(OSError):
-            tmp.unlink()
-    return path
-
-
-def _rename_without_replacing(tmp: Path, path: Path) -> None:
-    if os.path.lexists(path):
-        raise OutputError(f"{path}: appeared while sbert was writing it, and was kept; pass `force` to replace it, "
-                          "or choose another path")
-    os.rename(tmp, path)
+            if os.path.lexists(tmp):
+                _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -509,12 +517,6 @@ def write_text(path: str | Path, content: str, force: bool = False) -> Path:
     return Path(path)
 
 
-def write_bytes(path: str | Path, content: bytes, force: bool = False) -> Path:
-    with new_file(path, force, text=False) as stream:
-        stream.write(content)
-    return Path(path)
-
-
 def finish_folder(folder: Path) -> Path:
     """Give a folder written by a library (safetensors writes 0600 files) the user's umask, and fsync it whole."""
     for root, dirs, names in os.walk(folder):
@@ -529,26 +531,18 @@ def finish_folder(folder: Path) -> Path:
 def place_folder(tmp: Path, path: Path, force: bool = False) -> Path:
     """Put the written folder `tmp` at `path` (a missing or empty folder; forced, a folder whose files the caller
     may replace is moved aside and removed after): one rename, so `path` is the old or the new whole."""
-    try:
+    with _placing(tmp, path):
         check_target(path, force=True, what="folder")
         finish_folder(tmp)
         try:
             os.rename(tmp, path)  # replaces only an empty folder
         except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not force:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise OutputError(f"{path}: is not empty; pass `force` to replace it, or choose another path") from None
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+            if not force:
+                raise OutputError(f"{path}: is not empty; pass `force` to replace it, or choose another path") from None
             old = temp_path(path, "old")
             os.rename(path, old)
             os.rename(tmp, path)
             _remove(old)
-        with contextlib.suppress(OSError):
-            fsync_path(path.parent)
-    except OSError as e:
-        raise OutputError(os_error_message(e, path)) from None
-    finally:
-        with contextlib.suppress(OSError):
-            if os.path.lexists(tmp):
-                _remove(tmp)
     return path
