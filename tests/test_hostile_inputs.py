@@ -613,3 +613,25 @@ def test_integer_labels_without_names_get_a_note_naming_labels(inputs, tmp_path)
     names = write(tmp_path, "class.txt", "finance\nsports\ngame\n")
     named = runner.invoke(app, TRAIN_CLS + ["--train", train, "--labels", names, "--out", str(tmp_path / "named")])
     assert named.exit_code == 0 and "labels are numbers" not in named.output, named.output
+
+
+def test_a_broken_similar_cache_is_rebuilt_not_trusted(inputs, tmp_path):
+    corpus = write(tmp_path, "corpus.txt", "涨停\n进球\n新游戏\n")
+    argv = ["similar", "--model", str(inputs["hf_cls"]), "--file", corpus, "--json", "涨停"]
+    first = runner.invoke(app, argv)
+    assert first.exit_code == 0, first.output
+    cache = next(tmp_path.glob("corpus.txt.sbert-*.npy"))
+    good = np.load(cache)
+    breakages = {
+        "too few rows": lambda: np.save(cache, good[:1]),
+        "NaN": lambda: np.save(cache, np.full_like(good, np.nan)),
+        "cut short": lambda: cache.write_bytes(cache.read_bytes()[:100]),
+        "garbage": lambda: cache.write_bytes(b"not a numpy file"),
+        "float64": lambda: np.save(cache, good.astype(np.float64)),
+    }
+    for name, breaking in breakages.items():
+        breaking()
+        again = runner.invoke(app, argv)
+        assert again.exit_code == 0, (name, again.output)
+        assert again.stdout == first.stdout, name  # the same answer, from rebuilt vectors ("score": NaN is not JSON)
+        assert np.array_equal(np.load(cache), good), name
