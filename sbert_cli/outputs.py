@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from sbert_cli.errors import TEMP_NAME, ConfigError, OutputError, os_error_message
+from sbert_cli.limits import parse_json
 
 MANIFEST = ".sbert-outputs.json"
 PROBE_CACHE = ".sbert-mlm-probe.json"  # a model dir's MLM-head verdict (tasks/probe.py): bookkeeping, not a result
@@ -279,7 +280,7 @@ class OutputDir:
 
 def _read_manifest(folder: Path) -> set[str]:
     try:
-        content = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        content = parse_json((folder / MANIFEST).read_text(encoding="utf-8"))
         return {str(name) for name in content.get("files", []) if ".." not in str(name).split("/")}
     except (OSError, ValueError, AttributeError, TypeError):
         return set()

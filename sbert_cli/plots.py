@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sbert_cli.errors import DataError
+from sbert_cli.limits import parse_json
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -35,7 +36,7 @@ def read_metrics(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as e:
             if line_number == len(lines) and not text.endswith("\n"):  # cut short by a crash: plot the complete lines
                 continue

@@ -462,6 +462,12 @@ case("similar: a corpus from a pipe", "a pipe or a device")(
     lambda i, ws: (["similar", "--model", str(i["hf_cls"]), "--file", str(fifo(ws, "corpus.txt")), "涨"], None))
 case("embed: a TSV with a malformed row names no option embed lacks", "bad.tsv:2", "fix the row")(
     lambda i, ws: (["embed", "--model", str(i["hf_cls"]), "--file", write(ws, "bad.tsv", "a\tb\nc\n")], None))
+case("sbert.json nested 100,000 deep", "sbert.json", "nested too deeply")(
+    lambda i, ws: fill(i, "我[MASK]你", model=model_file(i, ws, "sbert.json", DEEP, key="sbert_mlm")))
+case("manifest.json nested 100,000 deep", "manifest.json")(
+    lambda i, ws: pretrain_on(lambda i, ws: str(Path(write(copy(i, "masked", ws, "data"), "manifest.json", DEEP)).parent))(i, ws))
+case("metrics.jsonl with a line nested 100,000 deep", "metrics.jsonl:1", "nested too deeply")(
+    lambda i, ws: (["plot", str(Path(write((ws / "run").mkdir() or ws / "run", "metrics.jsonl", DEEP + "\n")).parent)], None))
 case("plot where metrics.jsonl is a folder", "metrics.jsonl", "EISDIR")(
     lambda i, ws: (["plot", str((ws / "run" / "metrics.jsonl").mkdir(parents=True) or ws / "run")], None))
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from sbert_cli.data.text_input import check_input_files, check_text, is_regular, open_binary, read_lines
 from sbert_cli.errors import ConfigError, DataError
+from sbert_cli.limits import parse_json
 
 SCHEMES = ("BIO", "IOB1", "BIOES", "BMES", "jsonl", "cluener")
 SCHEME_NAMES = {"BIO": "BIO (IOB2)", "IOB1": "IOB1", "BIOES": "BIOES", "BMES": "BMES"}
@@ -99,7 +100,7 @@ def read_ner_file(path: str | Path, labels: list[str] | None = None) -> NerData:
 
 def _is_json_object(line: str) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(parse_json(line), dict)
     except json.JSONDecodeError:
         return False
 
@@ -309,7 +310,7 @@ def _read_json(path: Path, lines, check_label) -> tuple[list[NerExample], str]:
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         this = "jsonl" if isinstance(record, dict) and "entities" in record else \

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import DataError, OutputError, os_error_message
-from sbert_cli.limits import is_int, is_number
+from sbert_cli.limits import is_int, is_number, parse_json
 from sbert_cli.outputs import OutputDir, place_folder, temp_path, write_text
 from sbert_cli.model.tokenizer import BertTokenizer
 
@@ -214,7 +214,7 @@ class MLMShards:
         if not manifest_path.is_file():
             raise DataError(f"{self.path}: no {MANIFEST}; not a make-mlm-data output dir (or the run was interrupted)")
         try:
-            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            self.manifest = parse_json(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{manifest_path}: not valid JSON ({e})") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:

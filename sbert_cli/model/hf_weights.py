@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sbert_cli.errors import ModelLoadError, WeightMismatchError
+from sbert_cli.limits import parse_json
 
 if TYPE_CHECKING:  # torch is imported where tensors are touched, so hub.py can use this module without it
     import torch
@@ -219,7 +220,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     if path.name.endswith(".index.json"):
         try:
-            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = parse_json(path.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ModelLoadError(f"{path}: not a valid shard index ({e})") from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

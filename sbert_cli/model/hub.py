@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from sbert_cli.errors import DownloadError
+from sbert_cli.limits import parse_json
 from sbert_cli.model.hf_weights import (
     WEIGHT_FILES,  # preference order; torch-free at import
 )
@@ -110,7 +111,7 @@ def _missing_pooling_configs(model_dir: Path) -> list[str]:
     """The Pooling configs a folder's modules.json names but it lacks. No modules.json (e.g. a download by an
     sbert before 0.2.0): nothing is missing, the folder embeds with the default pooling."""
     try:
-        modules = json.loads((model_dir / ST_MODULES_FILE).read_text(encoding="utf-8"))
+        modules = parse_json((model_dir / ST_MODULES_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):  # absent; or unreadable, which loading it reports
         return []
     if not isinstance(modules, list):
@@ -248,7 +249,7 @@ def _check_out_dir(out: Path, repo_id: str, force: bool) -> None:
 
 def _read_marker(out: Path) -> dict:
     try:
-        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        marker = parse_json((out / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return marker if isinstance(marker, dict) else {}
@@ -296,7 +297,7 @@ def _bert_files(repo_id: str, folder: Path) -> list[str]:
 
 def _shards(index_path: Path) -> list[str]:
     try:
-        weight_map = json.loads(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
+        weight_map = parse_json(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
         return sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DownloadError(f"{index_path}: not a valid shard index ({e}); download it again") from None

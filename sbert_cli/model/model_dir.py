@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from sbert_cli.errors import ConfigError, ModelLoadError, OutputError, WeightMismatchError, os_error_message
-from sbert_cli.limits import is_int
+from sbert_cli.limits import is_int, parse_json
 from sbert_cli.model.bert import (
     BertForMaskedLM,
     BertForTokenClassification,
@@ -137,7 +137,7 @@ def is_tagger_config(config: BertConfig, meta: dict | None) -> bool:
 def read_meta(path: Path) -> dict:
     """sbert.json, its fields checked: format, task, heads, max_seq_len, source."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):

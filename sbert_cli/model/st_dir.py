@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sbert_cli.errors import ModelLoadError
+from sbert_cli.limits import parse_json
 
 # sentence-transformers modules we reproduce; any other (Dense, LayerNorm, ...) would change the vectors.
 ST_MODULES = ("Transformer", "Pooling", "Normalize", "Dropout")
@@ -79,6 +80,6 @@ def _pooling_mode(path: Path) -> str:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path}: cannot read it as JSON ({e})") from None

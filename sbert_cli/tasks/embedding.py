@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, TextIO
 import numpy as np
 
 from sbert_cli.errors import ConfigError, ModelLoadError
+from sbert_cli.limits import parse_json
 from sbert_cli.model.st_dir import SentenceTransformersDir, read_sentence_transformers_dir
 from sbert_cli.tasks.inference import ProgressCallback, Runtime
 
@@ -45,7 +46,7 @@ def _tokenizer_max_length(model_dir: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("model_max_length")
+        value = parse_json(path.read_text(encoding="utf-8")).get("model_max_length")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
     return int(value) if isinstance(value, int) and 0 < value < 1_000_000 else None  # transformers writes 1e30 for "none"

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from sbert_cli.errors import ConfigError, OutputError, ResumeError, os_error_message
+from sbert_cli.limits import parse_json
 from sbert_cli.outputs import OutputDir, write_text
 from sbert_cli.plots import CURVES_FILE, METRICS_FILE
 
@@ -211,7 +212,7 @@ def truncate_metrics(out_dir: Path, step: int) -> None:
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            if json.loads(line).get("step", 0) <= step:
+            if parse_json(line).get("step", 0) <= step:
                 kept.append(line)
     write_text(path, "".join(line + "\n" for line in kept), force=True)  # whole, or the earlier one
 
