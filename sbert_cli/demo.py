@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from sbert_cli.outputs import write_text
 
 if TYPE_CHECKING:
     from sbert_cli.outputs import OutputDir
@@ -158,8 +159,7 @@ def write_sample(source: Path, destination: Path, lines: int | None) -> Path:
     """Copy the first `lines` lines of a bundled file (all when None) into the run dir."""
     with open(source, encoding="utf-8") as f:
         kept = f.readlines() if lines is None else [line for _, line in zip(range(lines), f)]
-    destination.write_text("".join(kept), encoding="utf-8")
-    return destination
+    return write_text(destination, "".join(kept), force=True)
 
 
 def train_tfidf_baseline(train_file: Path, dev_file: Path, label_names: list[str], seed: int) -> dict[str, Any]:
@@ -325,7 +325,7 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     def run_baseline():
         figures = train_tfidf_baseline(train_file, dev_file, label_names, s.seed)
         (out_dir / "baseline").mkdir()
-        (out_dir / "baseline" / "metrics.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        write_text(out_dir / "baseline" / "metrics.json", json.dumps(figures, indent=2) + "\n", force=True)
         outputs.record("baseline")
         return figures, figures
 
@@ -349,8 +349,8 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     report = DemoReport(out_dir, settings, stages, time.perf_counter() - demo_started,
                         {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md")})
     summary = report.to_json()
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(report_markdown(summary), encoding="utf-8")
+    write_text(out_dir / "report.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n", force=True)
+    write_text(out_dir / "report.md", report_markdown(summary), force=True)
     outputs.record("report.json", "report.md")
     return report
 

@@ -177,7 +177,9 @@ class BertConfig:
         return config
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        from sbert_cli.outputs import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", force=True)
 
 
 def _label_map(id2label) -> dict[int, str]:
