@@ -2,7 +2,9 @@
 without bound (a `--workers 10000` once forked processes until the machine ran out of memory).
 
 Library code checks options with `check_range` before it creates any output folder; the message names the
-option, the range and why.
+option, the range and why. Also here, the bounds on what sbert reads (issue 21): the line and input byte limits
+the input layer keeps (`byte_limit`, raised by SBERT_MAX_LINE_BYTES / SBERT_MAX_INPUT_BYTES), `parse_json` (deep
+nesting is invalid JSON, not a RecursionError) and `available_memory` (what a model of a config.json may take).
 """
 
 from __future__ import annotations
