@@ -60,14 +60,14 @@ def test_training_options_are_generated_from_train_config_with_its_defaults():
     from pathlib import Path
 
     from sbert_cli.cli import app
-    from sbert_cli.cli.train import _train_config
+    from sbert_cli.cli.train import train_config_from
     from sbert_cli.train.types import TrainConfig
 
     group = typer.main.get_command(app)
     for name in ("train-cls", "pretrain"):
         command = group.get_command(None, name)
         defaults = {p.name: p.default for p in command.params}
-        assert _train_config(defaults) == TrainConfig(out_dir=defaults["out"])
+        assert train_config_from(defaults) == TrainConfig(out_dir=defaults["out"])
         flags = {opt for p in command.params for opt in p.opts}
         for f in dataclasses.fields(TrainConfig):
             assert f.metadata["flags"][0].split("/")[0] in flags, (name, f.name)

@@ -83,7 +83,7 @@ def make_mlm_data_command(
             progress.update(task, completed=bytes_read, total=total_bytes, lines=lines, speed=speed)
 
         report = make_mlm_data(inputs, out, tokenizer, settings, workers=workers, force=force, progress=update)
-    _print_report(report)
+    print_mlm_data_report(report)
     if show > 0:
         _print_examples(report.out, tokenizer, show)
 
@@ -92,7 +92,7 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _print_report(report) -> None:
+def print_mlm_data_report(report) -> None:
     from rich.filesize import decimal
     from rich.table import Table
 

@@ -76,22 +76,22 @@ def _render_stage(stage) -> None:
     from rich.markup import escape
 
     if stage.name == "make-mlm-data":
-        from sbert_cli.cli.data import _print_report
+        from sbert_cli.cli.data import print_mlm_data_report
 
-        _print_report(stage.result)
+        print_mlm_data_report(stage.result)
     elif stage.name == "pretrain":
-        from sbert_cli.cli.train import _print_run_summary
+        from sbert_cli.cli.train import print_run_summary
 
-        _print_run_summary(stage.result.train)
+        print_run_summary(stage.result.train)
         from sbert_cli.cli.progress import precision_words
 
         console.print(f"held-out masked-token accuracy {stage.figures['held_out_mlm_accuracy']:.4f}, "
                       f"perplexity {stage.figures['held_out_perplexity']:.1f} "
                       f"({precision_words(stage.result.train.precision, training=True)})")
     elif stage.name == "train-cls":
-        from sbert_cli.cli.train import _print_run_summary
+        from sbert_cli.cli.train import print_run_summary
 
-        _print_run_summary(stage.result.train)
+        print_run_summary(stage.result.train)
     elif stage.name == "eval":
         from sbert_cli.cli.eval import render_classification
 

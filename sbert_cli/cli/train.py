@@ -20,7 +20,7 @@ ModelConfig = Annotated[Optional[str], typer.Option("--config", help="Start from
 Vocab = Annotated[Optional[Path], typer.Option("--vocab", help="With --config: vocab.txt (default: the bundled Chinese BERT vocab).")]
 
 
-def _train_config(parameters: dict):
+def train_config_from(parameters: dict):
     """The TrainConfig of a training command, from its parameters (called with locals() first thing); applies
     --threads before any model is built (see precision.configure_threads)."""
     import dataclasses
@@ -83,7 +83,7 @@ def train_cls(
     **shared,
 ) -> None:
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
-    config = _train_config({**locals(), **shared})
+    config = train_config_from({**locals(), **shared})
     from sbert_cli.tasks.classification import DEFAULT_MODEL, ClassifierOptions, train_classifier
     from sbert_cli.train.distributed import is_main_process
 
@@ -98,7 +98,7 @@ def train_cls(
     result = train_classifier(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
-    _print_run_summary(result.train)
+    print_run_summary(result.train)
     from sbert_cli.cli.eval import render_classification
 
     print_reports(result, render_classification)
@@ -122,7 +122,7 @@ def print_reports(result, render) -> None:
         console.print(f"model: [bold]{result.model_dir}[/]  (sbert predict --model {result.model_dir} TEXT)")
 
 
-def _print_run_summary(result) -> None:
+def print_run_summary(result) -> None:
     """The run's last lines; an interrupted run says how to continue and exits 128 + the signal's number."""
     where = f"{result.device}, {result.precision}" + (f", {result.world_size} processes" if result.world_size > 1 else "")
     state = "interrupted" if result.interrupted else ("stopped early" if result.early_stopped else "done")
@@ -153,7 +153,7 @@ def pretrain(
     **shared,
 ) -> None:
     """Masked-LM pretraining on make-mlm-data output, from a checkpoint (--model) or from scratch (--config)."""
-    config = _train_config({**locals(), **shared})
+    config = train_config_from({**locals(), **shared})
     from sbert_cli.tasks.pretrain import PretrainOptions
     from sbert_cli.tasks.pretrain import pretrain as run_pretrain
     from sbert_cli.train.distributed import is_main_process
@@ -166,7 +166,7 @@ def pretrain(
     result = run_pretrain(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
-    _print_run_summary(result.train)
+    print_run_summary(result.train)
     if result.train.last_eval:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in result.train.last_eval.items())
         console.print(f"held-out ({precision_words(result.train.precision, training=True)}): {shown}")

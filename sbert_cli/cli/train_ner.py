@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import Out, training_options, with_options
 from sbert_cli.cli.progress import TrainingProgress
-from sbert_cli.cli.train import ModelConfig, Vocab, _print_run_summary, _train_config, model_or_default, print_reports, rule_help
+from sbert_cli.cli.train import ModelConfig, Vocab, print_run_summary, train_config_from, model_or_default, print_reports, rule_help
 from sbert_cli.tasks.lr_rule import CRF_LR_SCALE
 
 TAGGING = "Tagging"
@@ -33,7 +33,7 @@ def train_ner(
     **shared,
 ) -> None:
     """Fine-tune a BERT tagger (named entities, any character tagging); keeps the best model on dev by entity F1."""
-    config = _train_config({**locals(), **shared})
+    config = train_config_from({**locals(), **shared})
     from sbert_cli.tasks.ner import DEFAULT_MODEL, NerOptions, train_tagger
     from sbert_cli.train.distributed import is_main_process
 
@@ -44,7 +44,7 @@ def train_ner(
     result = train_tagger(options, config, TrainingProgress(console) if main else None)
     if not main:
         return
-    _print_run_summary(result.train)
+    print_run_summary(result.train)
     from sbert_cli.cli.eval import render_ner
 
     print_reports(result, render_ner)
