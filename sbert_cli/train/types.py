@@ -199,6 +199,7 @@ class TrainResult:
     early_stopped: bool = False
     best_step: int | None = None
     best_value: float | None = None
+    best_metric: str | None = None  # what best_value measures (the task's best_metric)
     last_eval: dict[str, float] | None = None
     checkpoint: Path | None = None
     resumed_from: Path | None = None
@@ -230,4 +231,3 @@ class Callbacks:
 
     def end(self) -> None:
         """The loop is over (finished, stopped early or interrupted); the result follows."""
-    best_metric: str | None = None  # what best_value measures (the task's best_metric)
