@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temp folder")
+    parser.add_argument("--only", nargs="+", metavar="COMMAND",
+                        help="only these commands (convert-weights embed make-mlm-data eval train-cls)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     from conftest import make_hf_checkpoint
@@ -97,6 +99,8 @@ def main() -> None:
     }
     sbert(["convert-weights", str(mlm), "reference", "--no-probe"], work)
     for name, (argv, setup, old_state, intact) in commands.items():
+        if args.only and name.split()[0] not in args.only:
+            continue
         if setup is not None:
             sbert(setup, work)
         started = time.perf_counter()

@@ -25,6 +25,7 @@ SMALLEST = {
     "bench_serve.py": ["--quick"],
     "bench_shared_cpu.py": ["--repeats", "1", "--busy", "0", "--workloads", "infer", "--infer-batches", "1",
                             "--settings", "1 thread"],
+    "kill_nine.py": ["--points", "1", "--only", "eval"],
     "reference_pretraining_data.py": ["--input", "{tmp}/corpus.txt", "--output", "{tmp}/reference.jsonl"],
 }
 # Run (with their output checked) by the tests named.
