@@ -22,10 +22,11 @@ from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.resources import THUCNEWS_TRAIN
+from sbert_cli.resources import NER_SAMPLE_TRAIN, THUCNEWS_TRAIN
 
 runner = CliRunner()
 TRAIN_CLS = ["train-cls", "--config", "tiny", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-plot"]
+TRAIN_NER = ["train-ner", "--config", "tiny", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-plot"]
 PRETRAIN = ["pretrain", "--config", "tiny", "--max-steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-plot"]
 
 
@@ -45,7 +46,11 @@ def inputs(tmp_path_factory, hf_mlm_dir, hf_cls_dir):
     tokenizer = load_tokenizer(hf_mlm_dir)
     for name, mask in (("masked", True), ("unmasked", False)):
         make_mlm_data([root / "train.txt"], root / name, tokenizer, MLMDataSettings(max_seq_len=32, mask=mask))
+    tagged = runner.invoke(app, TRAIN_NER + ["--train", str(NER_SAMPLE_TRAIN), "--crf", "--max-steps", "1",
+                                             "--out", str(root / "tagger-run")])
+    assert tagged.exit_code == 0, tagged.output
     return {
+        "tagger": root / "tagger-run" / "last", "tagger_run": root / "tagger-run",
         "hf_mlm": hf_mlm_dir, "hf_cls": hf_cls_dir, "root": root, "masked": root / "masked", "unmasked": root / "unmasked",
         "sbert_mlm": convert_weights(hf_mlm_dir, root / "sbert-mlm", probe=False).destination,
         "sbert_cls": convert_weights(hf_cls_dir, root / "sbert-cls", probe=False).destination,
@@ -470,6 +475,69 @@ case("metrics.jsonl with a line nested 100,000 deep", "metrics.jsonl:1", "nested
     lambda i, ws: (["plot", str(Path(write((ws / "run").mkdir() or ws / "run", "metrics.jsonl", DEEP + "\n")).parent)], None))
 case("plot where metrics.jsonl is a folder", "metrics.jsonl", "EISDIR")(
     lambda i, ws: (["plot", str((ws / "run" / "metrics.jsonl").mkdir(parents=True) or ws / "run")], None))
+
+
+# --- train-ner's entity files and options, and a tagger where a classifier or an MLM head is expected
+
+GOOD_NER = "张 B-PER\n三 I-PER\n去 O\n北 B-LOC\n京 I-LOC\n\n李 B-PER\n四 I-PER\n"
+
+
+def train_ner_on(content: str | bytes, name: str = "train.txt", *options: str):
+    return lambda i, ws: (TRAIN_NER + ["--train", write(ws, name, content), "--out", str(ws / "run"), *options], None)
+
+
+for title, content, name, fragments in (
+    ("BIO: I- after O", "张 B-PER\n三 I-PER\n去 O\n京 I-LOC\n", "train.txt", ("train.txt:4", "I-LOC after O")),
+    ("BIO: B-PER then I-ORG", "张 B-PER\n三 I-ORG\n", "train.txt", ("train.txt:2", "I-ORG after B-PER")),
+    ("BIOES: E- after O", "张 B-PER\n三 E-PER\n去 O\n京 E-LOC\n", "train.txt", ("train.txt:4", "E-LOC after O")),
+    ("BMES with an I- tag", "张 M-PER\n三 I-PER\n", "train.txt", ("train.txt:2", "BMES")),
+    ("a line with no tag", "张 B-PER\n三\n", "train.txt", ("train.txt:2", "no tag")),
+    ("a tag of no scheme", "张 X-PER\n", "train.txt", ("train.txt:1", "X-PER")),
+    ("only blank lines", "\n\n\n", "train.txt", ("train.txt", "no sentences")),
+    ("GBK bytes", "张 B-PER\n".encode("gbk"), "train.txt", ("train.txt:1", "GBK")),
+    ("JSONL: an entity past the text", '{"text": "张三", "entities": [{"start": 0, "end": 5, "label": "PER"}]}\n',
+     "train.jsonl", ("train.jsonl:1", "outside the text")),
+    ("JSONL: overlapping entities", '{"text": "张三", "entities": [{"start": 0, "end": 2, "label": "PER"}, '
+     '{"start": 1, "end": 2, "label": "LOC"}]}\n', "train.jsonl", ("train.jsonl:1", "overlap")),
+    ("JSONL: a label that is a number", '{"text": "张三", "entities": [{"start": 0, "end": 2, "label": 7}]}\n',
+     "train.jsonl", ("train.jsonl:1", "label")),
+    ("JSONL: an object without text and entities", '{"text": 5}\n', "train.jsonl", ("train.jsonl:1", '"text"')),
+    ("CLUENER: an exclusive end", '{"text": "张三在北京", "label": {"PER": {"张三": [[0, 2]]}}}\n', "train.json",
+     ("train.json:1", "inclusive")),
+):
+    case(f"train-ner: {title}", *fragments)(train_ner_on(content, name))
+
+case("train-ner: /dev/zero as the training file", "/dev/zero:1", "SBERT_MAX_LINE_BYTES")(
+    lambda i, ws: (TRAIN_NER + ["--train", "/dev/zero", "--out", str(ws / "run")], None))
+case("train-ner: a dev type the training file lacks", "dev.txt:4", "TIME")(
+    lambda i, ws: (TRAIN_NER + ["--train", write(ws, "train.txt", GOOD_NER), "--out", str(ws / "run"),
+                                "--dev", write(ws, "dev.txt", "张 B-PER\n三 I-PER\n\n去 B-TIME\n")], None))
+for value, fragment in (("0", "--crf-lr-scale"), ("nan", "--crf-lr-scale"), ("-1", "--crf-lr-scale")):
+    case(f"train-ner: --crf-lr-scale {value}", fragment)(train_ner_on(GOOD_NER, "train.txt", "--crf", "--crf-lr-scale", value))
+case("train-ner: --max-seq-len 2", "--max-seq-len")(train_ner_on(GOOD_NER, "train.txt", "--max-seq-len", "2"))
+case("train-ner: --max-seq-len past the positions", "--max-seq-len", "positions")(
+    train_ner_on(GOOD_NER, "train.txt", "--max-seq-len", "100000"))
+case("train-ner: --resume a CRF run without --crf", "--crf")(
+    lambda i, ws: (TRAIN_NER + ["--train", str(NER_SAMPLE_TRAIN), "--resume", "--max-steps", "3",
+                                "--out", str(shutil.copytree(i["tagger_run"], ws / "run"))], None))
+case("eval: a tagger on a type it was not trained on", "dev.txt:4", "TIME")(
+    lambda i, ws: (["eval", "--model", str(i["tagger"]), "--data",
+                    write(ws, "dev.txt", "张 B-PER\n三 I-PER\n\n去 B-TIME\n")], None))
+case("eval: a tagger on a classification file", "cls.tsv:1", "finance")(
+    lambda i, ws: (["eval", "--model", str(i["tagger"]), "--data", write(ws, "cls.tsv", "今天股市大涨\tfinance\n")], None))
+case("eval: a tagger on an inconsistent BIO file", "bad.txt:4", "I-LOC after O")(
+    lambda i, ws: (["eval", "--model", str(i["tagger"]), "--data", write(ws, "bad.txt", "张 B-PER\n三 I-PER\n去 O\n京 I-LOC\n")], None))
+case("predict: --top-k on a tagger", "--top-k")(lambda i, ws: (["predict", "--model", str(i["tagger"]), "--top-k", "3", "张三"], None))
+case("predict: a tagger on /dev/zero", "/dev/zero:1")(
+    lambda i, ws: (["predict", "--model", str(i["tagger"]), "--file", "/dev/zero"], None))
+case("fill-mask: a tagger (no MLM head)", "masked-LM head", "make-mlm-data")(
+    lambda i, ws: (["fill-mask", "--model", str(i["tagger"]), "我[MASK]你"], None))
+case("predict: a tagger whose id2label names one tag twice", "config.json", "twice")(
+    lambda i, ws: (["predict", "--model", model_with_config(i, ws, "tagger", id2label={
+        str(n): ("O" if n == 0 else "B-PER") for n in range(13)}), "张三去北京"], None))
+case("predict: a tagger whose id2label is shorter than its head", "model.safetensors", "classifier.weight")(
+    lambda i, ws: (["predict", "--model", model_with_config(i, ws, "tagger", id2label={"0": "O", "1": "B-PER"}),
+                    "张三去北京"], None))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
