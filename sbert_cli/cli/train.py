@@ -85,7 +85,6 @@ def train_cls(
     """Fine-tune a BERT text classifier; keeps the best model on dev (OUT/best) and the last (OUT/last)."""
     config = train_config_from({**locals(), **shared})
     from sbert_cli.tasks.classification import DEFAULT_MODEL, ClassifierOptions, train_classifier
-    from sbert_cli.train.distributed import is_main_process
 
     model = model_or_default(model, config_name, DEFAULT_MODEL)
 
@@ -94,14 +93,20 @@ def train_cls(
         model=model, config_name=config_name, vocab=vocab, max_seq_len=max_seq_len, metric=metric, pooling=pooling,
         label_smoothing=label_smoothing,
     )
-    main = is_main_process()
-    result = train_classifier(options, config, TrainingProgress(console) if main else None)
-    if not main:
-        return
-    print_run_summary(result.train)
     from sbert_cli.cli.eval import render_classification
 
-    print_reports(result, render_classification)
+    run_and_report(train_classifier, options, config, render_classification)
+
+
+def run_and_report(train, options, config, render) -> None:
+    """Run `train(options, config, callbacks)` with progress on the main process, then its summary and reports."""
+    from sbert_cli.train.distributed import is_main_process
+
+    main = is_main_process()
+    result = train(options, config, TrainingProgress(console) if main else None)
+    if main:
+        print_run_summary(result.train)
+        print_reports(result, render)
 
 
 def model_or_default(model: str | None, config_name: str | None, default: str) -> str | None:

@@ -10,8 +10,7 @@ from typing_extensions import Annotated
 
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.options import Out, training_options, with_options
-from sbert_cli.cli.progress import TrainingProgress
-from sbert_cli.cli.train import ModelConfig, Vocab, print_run_summary, train_config_from, model_or_default, print_reports, rule_help
+from sbert_cli.cli.train import ModelConfig, Vocab, model_or_default, rule_help, run_and_report, train_config_from
 from sbert_cli.tasks.lr_rule import CRF_LR_SCALE
 
 TAGGING = "Tagging"
@@ -35,16 +34,10 @@ def train_ner(
     """Fine-tune a BERT tagger (named entities, any character tagging); keeps the best model on dev by entity F1."""
     config = train_config_from({**locals(), **shared})
     from sbert_cli.tasks.ner import DEFAULT_MODEL, NerOptions, train_tagger
-    from sbert_cli.train.distributed import is_main_process
 
     options = NerOptions(train_file=train_file, dev_file=dev_file, test_file=test_file,
                          model=model_or_default(model, config_name, DEFAULT_MODEL), config_name=config_name, vocab=vocab,
                          max_seq_len=max_seq_len, crf=crf, crf_lr_scale=crf_lr_scale)
-    main = is_main_process()
-    result = train_tagger(options, config, TrainingProgress(console) if main else None)
-    if not main:
-        return
-    print_run_summary(result.train)
     from sbert_cli.cli.eval import render_ner
 
-    print_reports(result, render_ner)
+    run_and_report(train_tagger, options, config, render_ner)

@@ -166,17 +166,22 @@ class BertForMaskedLM(nn.Module):
         return self.mlm_head(x, self.bert.embeddings.word_embeddings.weight)
 
 
-class BertForSequenceClassification(nn.Module):
+class _LabelHead(nn.Module):
+    """The encoder, dropout and a Linear to config.num_labels: what the sequence and token classifiers share."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         if not config.num_labels:
-            raise ValueError("BertForSequenceClassification needs config.id2label")
+            raise ValueError(f"{type(self).__name__} needs config.id2label")
         self.config = config
         self.bert = BertModel(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
+
+
+class BertForSequenceClassification(_LabelHead):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Logits (B, num_labels), from the text vector that config.classifier_pooling names."""
@@ -206,20 +211,12 @@ class TagTransitions(nn.Module):
         self.end_scores = nn.Parameter(torch.zeros(num_tags))
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(_LabelHead):
     """Tag scores per token, as transformers' BertForTokenClassification (config.labels are the tag names), with an
     optional CRF on top (`crf`, None without)."""
 
     def __init__(self, config: BertConfig, crf: bool = False):
-        super().__init__()
-        if not config.num_labels:
-            raise ValueError("BertForTokenClassification needs config.id2label (the tag names)")
-        self.config = config
-        self.bert = BertModel(config)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        init_weights(self.classifier, config.initializer_range)
+        super().__init__(config)
         self.crf = TagTransitions(config.num_labels) if crf else None
         self.bert.pooler.requires_grad_(False)  # never used: no optimizer or DDP waits for its gradient
 

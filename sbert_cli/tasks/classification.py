@@ -30,7 +30,7 @@ from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate_kept_mod
 from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
-from sbert_cli.train.state import check_run_dir, kept_model_dir
+from sbert_cli.train.state import check_run_dir
 from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
 METRICS = ("accuracy", "macro_f1")
@@ -243,9 +243,6 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
                 "label_smoothing": options.label_smoothing, "lr_choice": lr_choice.to_json()}
     result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch)
     out = ClassifierResult(result, label_names, None, new_head=new_head)
-    if not env.is_main or result.interrupted:
-        return out
-    out.model_dir = kept_model_dir(config.out_dir)
-    files = {name: splits[name].path for name in ("dev", "test") if name in splits}
-    out.reports = evaluate_kept_model(out.model_dir, files, "cls", config, result)
+    if env.is_main and not result.interrupted:
+        out.model_dir, out.reports = evaluate_kept_model(splits, "cls", config, result)
     return out

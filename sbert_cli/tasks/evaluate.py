@@ -305,13 +305,17 @@ def evaluate(
     return result
 
 
-def evaluate_kept_model(model_dir: Path, files: dict[str, Path], task: str, config, result) -> dict:
-    """A training run's closing reports: `evaluate` on each of `files` ({"dev": path, "test": path}) with the kept
-    model, written to OUT/eval-<split>, at the run's batch size (config: its TrainConfig), device and precision
-    (result: its TrainResult)."""
-    return {name: evaluate(model_dir, path, task=task, out_dir=Path(config.out_dir) / f"eval-{name}", force=True,
-                           batch_size=config.batch_size, precision=result.precision, device=result.device)
-            for name, path in files.items()}
+def evaluate_kept_model(splits: dict, task: str, config, result) -> tuple[Path, dict]:
+    """A training run's closing reports: the kept model (OUT/best, else OUT/last) and `evaluate` on the dev and test
+    files among `splits` (name -> data with a .path), written to OUT/eval-<split>, at the run's batch size (config:
+    its TrainConfig), device and precision (result: its TrainResult)."""
+    from sbert_cli.train.state import kept_model_dir
+
+    model_dir = kept_model_dir(config.out_dir)
+    return model_dir, {name: evaluate(model_dir, splits[name].path, task=task, out_dir=Path(config.out_dir) / f"eval-{name}",
+                                      force=True, batch_size=config.batch_size, precision=result.precision,
+                                      device=result.device)
+                       for name in ("dev", "test") if name in splits}
 
 
 # --- masked LM ---------------------------------------------------------------------------------------------

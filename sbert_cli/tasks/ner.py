@@ -32,7 +32,7 @@ from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
-from sbert_cli.train.state import check_run_dir, kept_model_dir
+from sbert_cli.train.state import check_run_dir
 from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
 if TYPE_CHECKING:
@@ -321,11 +321,8 @@ def train_tagger(options: NerOptions, config: TrainConfig, callbacks: Callbacks 
                 "crf_lr": config.lr * options.crf_lr_scale if options.crf else None, "lr_choice": lr_choice.to_json()}
     result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch)
     out = NerResult(result, labels, tag_names, splits["train"].scheme, None, new_head=new_head)
-    if not env.is_main or result.interrupted:
-        return out
-    from sbert_cli.tasks.evaluate import evaluate_kept_model
+    if env.is_main and not result.interrupted:
+        from sbert_cli.tasks.evaluate import evaluate_kept_model
 
-    out.model_dir = kept_model_dir(config.out_dir)
-    files = {name: splits[name].path for name in ("dev", "test") if name in splits}
-    out.reports = evaluate_kept_model(out.model_dir, files, "ner", config, result)
+        out.model_dir, out.reports = evaluate_kept_model(splits, "ner", config, result)
     return out
