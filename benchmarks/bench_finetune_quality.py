@@ -153,7 +153,7 @@ def run_transformers(args, seed: int, recipe: dict, train: Path, dev: Path, labe
 
 def run_tfidf(train: Path, dev: Path, labels: Path, seed: int) -> dict:
     from sbert_cli.data.classification import read_label_names
-    from sbert_cli.demo import train_tfidf_baseline
+    from sbert_cli.tasks.demo import train_tfidf_baseline
 
     result = train_tfidf_baseline(train, dev, read_label_names(labels), seed)
     return {"per_epoch": [round(result["accuracy"], 4)], "macro_f1": result["macro_f1"], "seconds": result["train_seconds"]}

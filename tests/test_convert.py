@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.convert import convert_weights
+from sbert_cli.tasks.convert import convert_weights
 from sbert_cli.errors import ConfigError
 from sbert_cli.model.hf_weights import normalize_hf_name
 

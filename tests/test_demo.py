@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.demo import (
+from sbert_cli.tasks.demo import (
     DEMO_ARTIFACTS,
     STAGES,
     prepare_demo_dir,
@@ -171,7 +171,7 @@ def test_demo_from_a_checkpoint_continues_its_pretraining_and_says_so(checkpoint
 
 
 def test_full_demo_from_a_checkpoint_uses_modest_settings():
-    from sbert_cli.demo import FULL, QUICK, starting_from
+    from sbert_cli.tasks.demo import FULL, QUICK, starting_from
 
     full, quick = starting_from("m", FULL), starting_from("m", QUICK)
     assert (full.pretrain_epochs, full.cls_epochs, full.cls_batch_size, full.max_seq_len) == (1, 3, 32, 64)

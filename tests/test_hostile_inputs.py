@@ -33,7 +33,7 @@ PRETRAIN = ["pretrain", "--config", "tiny", "--max-steps", "2", "--batch-size", 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, hf_mlm_dir, hf_cls_dir):
     """Good inputs to break copies of: HF and sbert model dirs, masked and unmasked shards, small text files."""
-    from sbert_cli.convert import convert_weights
+    from sbert_cli.tasks.convert import convert_weights
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.model.model_dir import load_tokenizer
 

@@ -156,7 +156,7 @@ def test_eval_scores_exactly_what_predict_returns(tagger_dir, tmp_path):
 
 def test_transformers_reads_an_exported_tagger_and_sbert_reads_it_back(tagger_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from sbert_cli.convert import convert_weights
+    from sbert_cli.tasks.convert import convert_weights
     from sbert_cli.model.model_dir import load_for_task
 
     model_dir, _ = tagger_dir

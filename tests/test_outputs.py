@@ -98,7 +98,7 @@ def test_a_held_folder_is_refused_with_the_holders_pid(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, hf_mlm_dir):
-    from sbert_cli.convert import convert_weights
+    from sbert_cli.tasks.convert import convert_weights
 
     out = tmp_path_factory.mktemp("model") / "m"
     convert_weights(hf_mlm_dir, out, probe=False)
@@ -198,7 +198,7 @@ def test_two_runs_on_one_out_the_second_is_refused_and_the_first_finishes(cls_fi
 
 
 def test_demo_force_keeps_a_users_files(tmp_path):
-    from sbert_cli.demo import prepare_demo_dir
+    from sbert_cli.tasks.demo import prepare_demo_dir
 
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     with prepare_demo_dir(tmp_path / "d", force=False) as outputs:
@@ -293,7 +293,7 @@ def test_the_writer_never_writes_through_a_link_or_onto_a_device(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_written_files_and_model_dirs_get_the_users_umask(tmp_path, umask, hf_mlm_dir):
-    from sbert_cli.convert import convert_weights
+    from sbert_cli.tasks.convert import convert_weights
     from sbert_cli.outputs import write_text
 
     previous = os.umask(umask)

@@ -26,7 +26,7 @@ def convert_weights_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from sbert_cli.convert import convert_weights
+    from sbert_cli.tasks.convert import convert_weights
 
     summary = convert_weights(source, destination, to=to, force=force, probe=probe)
 

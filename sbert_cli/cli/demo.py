@@ -10,7 +10,7 @@ import typer
 from sbert_cli.cli.app import app, console
 from sbert_cli.cli.progress import TrainingProgress
 from sbert_cli.cli.options import THREADS_HELP, set_threads
-from sbert_cli.demo import (  # no torch at its top: `sbert --help` stays fast
+from sbert_cli.tasks.demo import (  # no torch at its top: `sbert --help` stays fast
     DEFAULT_OUT,
     QUICK,
 )
@@ -54,7 +54,7 @@ def demo_command(
 
     from rich.markup import escape
 
-    from sbert_cli.demo import FULL, STAGES, run_demo, starting_from
+    from sbert_cli.tasks.demo import FULL, STAGES, run_demo, starting_from
 
     settings = dataclasses.replace(starting_from(model, QUICK if quick else FULL), device=device, precision=precision, seed=seed)
     titles = STAGE_TITLES if model is None else FROM_CHECKPOINT_TITLES
@@ -115,7 +115,7 @@ def _render_summary(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from sbert_cli.demo import bert_label
+    from sbert_cli.tasks.demo import bert_label
     from sbert_cli.model.precision import machine_summary
 
     summary = report.to_json()
