@@ -27,7 +27,7 @@ from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
 from sbert_cli.tasks.cls_metrics import metrics_from_confusion
 from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate_kept_model
-from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, with_chosen_lr
+from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, start_notes, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir
@@ -232,10 +232,9 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
         callbacks.message(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
         for note in splits["train"].notes:  # integer labels without names (data/classification.py)
             callbacks.message(f"note: {note}")
-        if new_head and options.config_name is None:
-            callbacks.message(f"note: new classification head, initialised fresh: {', '.join(new_head)}")
-        if tokenizer.case_note:
-            callbacks.message(f"note: {tokenizer.case_note}")
+        for line in start_notes(new_head, "new classification head, initialised fresh", options.config_name is not None,
+                                tokenizer.case_note):
+            callbacks.message(line)
         callbacks.message(lr_choice.describe())
     run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,
                 "data": {name: str(data.path) for name, data in splits.items()}, "labels": label_names,

@@ -105,3 +105,10 @@ def with_chosen_lr(config, task: str, hidden_size: int, from_scratch: bool, fres
     lr = choose_lr(task, hidden_size, from_scratch, fresh) if chosen else config.lr
     choice = LrChoice(lr, config.warmup_ratio, situation_of(task, from_scratch, fresh), chosen)
     return dataclasses.replace(config, lr=lr), choice
+
+
+def start_notes(new_head: list[str], head_note: str, from_scratch: bool, case_note: str | None) -> list[str]:
+    """The notes a training run opens with, before its lr line: `head_note` and the parameters of a head initialised
+    fresh on a loaded checkpoint (none from scratch, where everything is), and the casing note."""
+    notes = [f"note: {head_note}: {', '.join(new_head)}"] if new_head and not from_scratch else []
+    return notes + ([f"note: {case_note}"] if case_note else [])

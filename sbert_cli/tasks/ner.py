@@ -27,7 +27,7 @@ from torch import nn
 
 from sbert_cli.data.batching import pad_batch
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.lr_rule import CRF_LR_SCALE, with_chosen_lr
+from sbert_cli.tasks.lr_rule import CRF_LR_SCALE, start_notes, with_chosen_lr
 from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
 from sbert_cli.train.distributed import DistributedEnv
@@ -308,10 +308,9 @@ def train_tagger(options: NerOptions, config: TrainConfig, callbacks: Callbacks 
     if callbacks is not None and env.is_main:
         for line in describe_data(splits, encoded, tag_names) + notes:
             callbacks.message(line)
-        if new_head and options.config_name is None:
-            callbacks.message(f"note: new tagging head, initialised fresh: {', '.join(new_head)}")
-        if tokenizer.case_note:
-            callbacks.message(f"note: {tokenizer.case_note}")
+        for line in start_notes(new_head, "new tagging head, initialised fresh", options.config_name is not None,
+                                tokenizer.case_note):
+            callbacks.message(line)
         crf_rate = f"; CRF lr {config.lr * options.crf_lr_scale:.3g} (`crf_lr_scale` {options.crf_lr_scale:g})"
         callbacks.message(lr_choice.describe() + (crf_rate if options.crf else ""))
     run_info = {"model": options.model if options.config_name is None else None, "config": options.config_name,

@@ -27,7 +27,7 @@ from sbert_cli.data.masking import Masker, MaskingConfig
 from sbert_cli.data.shards import MLMShards, vocab_sha256
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.limits import MASKING_SEED
-from sbert_cli.tasks.lr_rule import with_chosen_lr
+from sbert_cli.tasks.lr_rule import start_notes, with_chosen_lr
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir, kept_model_dir
@@ -293,10 +293,9 @@ def pretrain(options: PretrainOptions, config: TrainConfig, callbacks: Callbacks
         held = f", {len(evaluation.lengths)} held out" if evaluation is not None else ""
         kind = "re-masked every epoch" if masker is not None else "static masks"
         callbacks.message(f"data: {len(train_indices)} sequences{held} ({kind}), up to {shards.max_seq_len} tokens")
-        if new_head and options.config_name is None:
-            callbacks.message(f"note: the checkpoint has no MLM head; initialised fresh: {', '.join(new_head)}")
-        if tokenizer.case_note:
-            callbacks.message(f"note: {tokenizer.case_note}")
+        for line in start_notes(new_head, "the checkpoint has no MLM head; initialised fresh", options.config_name is not None,
+                                tokenizer.case_note):
+            callbacks.message(line)
         callbacks.message(lr_choice.describe())
     run_info = {"model": options.model, "config": options.config_name, "data": str(options.data),
                 "eval_data": str(options.eval_data) if options.eval_data else None, "eval_fraction": options.eval_fraction,
