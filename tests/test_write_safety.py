@@ -1,4 +1,5 @@
-"""Writes that cannot lose data or leave a mess (issue 21): every writing command with --out on a read-only folder,
+"""Writes that cannot lose data or leave a mess (issue 21): every writing command (make-mlm-data, embed, train-cls,
+train-ner, pretrain, convert-weights, eval) with --out on a read-only folder,
 under a file-size limit (RLIMIT_FSIZE, a full disk's twin) and with stdout on /dev/full ends with one error line and
 no temp files; `kill -9` at a few points of convert-weights, embed --out and make-mlm-data leaves the destination
 old-complete or new-complete, and the same command run again succeeds without any cleanup by hand.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sbert_cli.resources import THUCNEWS_TRAIN
+from sbert_cli.resources import NER_SAMPLE_TRAIN, THUCNEWS_TRAIN
 
 # root writes anywhere: it runs its commands without the capabilities that override file permissions.
 NO_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else []
@@ -39,6 +40,11 @@ def world(hf_cls_dir, hf_mlm_dir):
     (root / "train.tsv").write_text("".join(f"{r.split(chr(9))[0]}\t{('finance', 'sports')[i % 2]}\n"
                                             for i, r in enumerate(rows)), encoding="utf-8")
     (root / "train.txt").write_text("".join(r.split("\t")[0] + "\n" for r in rows), encoding="utf-8")
+    shutil.copyfile(NER_SAMPLE_TRAIN, root / "ner.txt")
+    from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
+    from sbert_cli.model.model_dir import load_tokenizer
+
+    make_mlm_data([root / "train.txt"], root / "shards", load_tokenizer(root / "mlm"), MLMDataSettings(max_seq_len=32))
     (root / "home").mkdir(mode=0o777)
     (root / "home").chmod(0o777)
     for path in root.rglob("*"):
@@ -60,6 +66,10 @@ def writing_commands(world: Path, out: Path) -> dict[str, tuple[list[str], Path]
         "embed": (["embed", "--model", str(world / "cls"), "你好", "再见", "--out", str(out / "x.npy")], out / "x.npy"),
         "train-cls": (["train-cls", "--config", "tiny", "--train", str(world / "train.tsv"), "--max-steps", "1",
                        "--batch-size", "4", "--no-plot", "--out", str(out / "run")], out / "run"),
+        "train-ner": (["train-ner", "--config", "tiny", "--train", str(world / "ner.txt"), "--max-steps", "1",
+                       "--batch-size", "4", "--no-plot", "--out", str(out / "ner-run")], out / "ner-run"),
+        "pretrain": (["pretrain", "--model", str(world / "mlm"), "--data", str(world / "shards"), "--max-steps", "1",
+                      "--batch-size", "4", "--no-plot", "--out", str(out / "mlm-run")], out / "mlm-run"),
         "convert-weights": (["convert-weights", str(world / "mlm"), str(out / "dst"), "--no-probe"], out / "dst"),
         "eval": (["eval", "--model", str(world / "cls"), "--data", str(world / "train.tsv"), "--out", str(out / "report")],
                  out / "report"),
