@@ -13,17 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import make_hf_checkpoint
-from sbert_cli.serve import ModelService, ServeOptions, bind_socket, create_app, make_server
+from tests.test_serve import running
+from sbert_cli.serve import ModelService
 
 LABELS = {0: "finance", 1: "sports", 2: "game"}
 LONG_TEXT = "今天天气很好，我们去公园散步吧。" * 20  # 320 characters: past any truncation below
@@ -48,22 +47,6 @@ def both_heads_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(both_heads_dir):
     return ModelService(both_heads_dir, precision="fp32", device="cpu")
-
-
-@contextmanager
-def running(service, **options):
-    sock = bind_socket("127.0.0.1", 0)
-    started = threading.Event()
-    server = make_server(create_app(service, ServeOptions(**options)), graceful_timeout_s=10, on_started=started.set)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert started.wait(30), "the server did not start"
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 def raw_request(port: int, method: str, path: str, body: bytes = b"", half_close: bool = False) -> tuple[int, bytes]:
@@ -93,14 +76,14 @@ def post(port: int, path: str, payload) -> tuple[int, object]:
 
 
 def test_a_client_that_half_closes_after_its_request_gets_the_answer(service):
-    with running(service) as port:
+    with running(service) as (port, _):
         for _ in range(3):
             status, body = raw_request(port, "POST", "/predict", json.dumps({"texts": ["股市大涨"]}).encode(), half_close=True)
             assert status == 200 and json.loads(body)[0]["text"] == "股市大涨"
 
 
 def test_a_lone_surrogate_is_answered_cleanly(service):
-    with running(service) as port:
+    with running(service) as (port, _):
         for path in ("/predict", "/embed", "/fill-mask"):
             text = "a\\ud800b" + ("[MASK]" if path == "/fill-mask" else "")
             status, body = raw_request(port, "POST", path, ('{"texts": ["%s"]}' % text).encode())
@@ -113,7 +96,7 @@ def test_a_lone_surrogate_is_answered_cleanly(service):
 
 
 def test_docs_work_offline(service):
-    with running(service) as port:
+    with running(service) as (port, _):
         status, page = raw_request(port, "GET", "/docs")
         assert status == 200
         html = page.decode()
@@ -129,7 +112,7 @@ def test_serve_truncates_the_classifier_where_predict_does(service, both_heads_d
     predicting = load_classifier(both_heads_dir, precision="fp32", device="cpu")
     assert service.classifier.max_length == predicting.max_length == 512  # not tokenizer_config's 16
     assert service.embedder.max_length == 16  # embeddings follow sentence-transformers' rule, as `sbert embed` does
-    with running(service) as port:
+    with running(service) as (port, _):
         status, answer = post(port, "/predict", {"texts": [LONG_TEXT], "top_k": 3})
     assert status == 200
     expected = predicting.probabilities([LONG_TEXT])[0]
@@ -138,7 +121,7 @@ def test_serve_truncates_the_classifier_where_predict_does(service, both_heads_d
 
 
 def test_a_joint_fill_mask_of_500_masks_is_refused_before_it_runs(service):
-    with running(service) as port:
+    with running(service) as (port, _):
         start = time.perf_counter()
         status, answer = post(port, "/fill-mask", {"texts": ["[MASK]" * 500], "joint": True, "top_k": 100})
         assert time.perf_counter() - start < 5
@@ -152,7 +135,7 @@ def test_a_joint_fill_mask_of_500_masks_is_refused_before_it_runs(service):
 def test_a_request_over_the_work_budget_is_413_before_it_runs(service):
     texts = ["北京是[MASK]国的首都。" * 8] * 16
     assert service.work("fill-mask", (1000, False), texts) > 100_000
-    with running(service, max_work=100_000) as port:
+    with running(service, max_work=100_000) as (port, _):
         status, answer = post(port, "/fill-mask", {"texts": texts, "top_k": 1000})
         assert status == 413 and "100,000" in answer["error"] and "top_k" in answer["error"]
         status, _ = post(port, "/fill-mask", {"texts": texts, "top_k": 5})
@@ -160,7 +143,7 @@ def test_a_request_over_the_work_budget_is_413_before_it_runs(service):
 
 
 def test_serve_names_no_request_field_it_does_not_take(service):
-    with running(service) as port:
+    with running(service) as (port, _):
         status, answer = post(port, "/fill-mask", {"texts": ["[MASK]" + "好" * 600]})
     assert status == 422 and "512 positions" in answer["error"]
     assert "truncate" not in answer["error"] and "on_bad_lines" not in answer["error"]
@@ -239,6 +222,6 @@ def test_max_work_is_a_flag_with_a_range(both_heads_dir):
 
 def test_a_model_without_an_mlm_head_is_told_the_whole_recipe(tmp_path):
     encoder = ModelService(make_hf_checkpoint(tmp_path / "encoder", "base"), precision="fp32", device="cpu")
-    with running(encoder) as port:
+    with running(encoder) as (port, _):
         status, answer = post(port, "/fill-mask", {"texts": ["我[MASK]你"]})
     assert status == 404 and answer["error"].index("sbert make-mlm-data") < answer["error"].index("sbert pretrain")
