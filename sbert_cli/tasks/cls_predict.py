@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, TextIO
 
 from sbert_cli.errors import ConfigError, DataError
-from sbert_cli.tasks.inference import ProgressCallback, Runtime, default_max_length, prepare_inference
+from sbert_cli.tasks.inference import ProgressCallback, Runtime, default_max_length, in_chunks, prepare_inference
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,13 +147,7 @@ def predict_stream(
     """Predictions for `inputs` in their order, computed a chunk at a time so long inputs stream."""
     if top_k < 1:
         raise ConfigError(f"`top_k` must be at least 1, not {top_k}")
-    chunk: list[TextInput] = []
-    for item in inputs:
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            yield from _predict_chunk(classifier, chunk, top_k, progress)
-            chunk = []
-    if chunk:
+    for chunk in in_chunks(inputs, chunk_size):
         yield from _predict_chunk(classifier, chunk, top_k, progress)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from sbert_cli.errors import ConfigError, ModelLoadError
 from sbert_cli.limits import parse_json
 from sbert_cli.model.st_dir import SentenceTransformersDir, read_sentence_transformers_dir
-from sbert_cli.tasks.inference import ProgressCallback, Runtime
+from sbert_cli.tasks.inference import ProgressCallback, Runtime, in_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -233,13 +233,7 @@ def embed_stream(
     progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """(texts, vectors) a chunk at a time, in input order: memory depends on chunk_size only."""
-    chunk: list[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) >= chunk_size:
-            yield chunk, embedder.embed(chunk, pooling, normalize, progress)
-            chunk = []
-    if chunk:
+    for chunk in in_chunks(texts, chunk_size):
         yield chunk, embedder.embed(chunk, pooling, normalize, progress)
 
 

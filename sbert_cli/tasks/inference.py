@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -11,6 +11,20 @@ if TYPE_CHECKING:
 
 # progress(examples_done_now, total_or_None): how library loops report progress to the CLI's bar.
 ProgressCallback = Callable[[int, "int | None"], None]
+
+Item = TypeVar("Item")
+
+
+def in_chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """`items` as lists of `size` (the last may be shorter), so a streaming command holds one chunk at a time."""
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass

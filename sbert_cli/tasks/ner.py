@@ -31,7 +31,7 @@ from sbert_cli.tasks.lr_rule import CRF_LR_SCALE, start_notes, with_chosen_lr
 from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
 from sbert_cli.train.distributed import DistributedEnv
-from sbert_cli.train.loop import train
+from sbert_cli.train.loop import train, unwrap
 from sbert_cli.train.state import check_run_dir
 from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
@@ -110,10 +110,6 @@ def collate(split: EncodedSplit, items: list[tuple[int, int]], pad_id: int) -> d
             "word_mask": word_mask.bool(), "tags": tags}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel keeps the network as .module
-
-
 def tagging_loss(model: nn.Module, tensors: dict[str, torch.Tensor], scores: torch.Tensor | None = None) -> torch.Tensor:
     """The summed loss of the windows' words: cross-entropy per word, or the CRF's negative log-likelihood.
     scores: the words' tag scores (B, W, L) when already computed, else the model is run for them."""
@@ -122,7 +118,7 @@ def tagging_loss(model: nn.Module, tensors: dict[str, torch.Tensor], scores: tor
     if scores is None:
         scores = model(tensors["input_ids"], tensors["attention_mask"], word_positions=tensors["word_positions"])
     scores, mask, tags = scores.float(), tensors["word_mask"], tensors["tags"]
-    crf = _unwrap(model).crf
+    crf = unwrap(model).crf
     if crf is None:
         return F.cross_entropy(scores[mask], tags[mask], reduction="sum")
     return nll(scores, mask, tags, crf.transitions, crf.start_scores, crf.end_scores)
@@ -182,7 +178,7 @@ class TaggingTask(Task):
             lengths = tensors["attention_mask"].sum(1).tolist()
             scores = [row[:n] for row, n in zip(logits.cpu().numpy(), lengths)]
             words = sentence_scores([dev.windows[s] for s in with_words], [len(dev.offsets[s]) for s in with_words], scores)
-            tags, _ = decode_words(words, _unwrap(model).crf, self.constraints, with_probabilities=False)
+            tags, _ = decode_words(words, unwrap(model).crf, self.constraints, with_probabilities=False)
         predicted = dict(zip(with_words, tags)) if with_words else {}
         found = [spans_from_word_tags([self.tag_names[t] for t in predicted.get(s, [])], dev.offsets[s]) for s in sentences]
         gold = [dev.data.examples[s].spans for s in sentences]

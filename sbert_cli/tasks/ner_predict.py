@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import numpy as np
 
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.inference import ProgressCallback, Runtime, default_max_length, prepare_inference
+from sbert_cli.tasks.inference import ProgressCallback, Runtime, default_max_length, in_chunks, prepare_inference
 
 if TYPE_CHECKING:
     import torch
@@ -253,13 +253,7 @@ class NerPrediction:
 def predict_stream(tagger: Tagger, inputs: Iterable[tuple[str, str]], chunk_size: int = CHUNK_SIZE,
                    progress: ProgressCallback | None = None) -> Iterator[NerPrediction]:
     """Predictions for (text, source) pairs in their order, a chunk at a time so long inputs stream."""
-    chunk: list[tuple[str, str]] = []
-    for item in inputs:
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            yield from _predict_chunk(tagger, chunk, progress)
-            chunk = []
-    if chunk:
+    for chunk in in_chunks(inputs, chunk_size):
         yield from _predict_chunk(tagger, chunk, progress)
 
 

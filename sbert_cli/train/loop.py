@@ -96,7 +96,8 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch({k: v.to(device, non_blocking=True) for k, v in batch.tensors.items()}, batch.units, batch.tokens)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -505,7 +506,7 @@ class _LogWindow:
 def evaluate_task(model: nn.Module, task: Task, batch_size: int, device: torch.device, precision: str,
                   env: DistributedEnv = DistributedEnv()) -> dict[str, float]:
     """Task metrics on its evaluation data; batches are shared out across ranks and the sums all-reduced."""
-    model = _unwrap(model)
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     batches = length_sorted_batches(task.eval_lengths(), batch_size)
