@@ -53,21 +53,29 @@ def test_version_has_one_source_and_matches_the_last_released_changelog_entry():
     assert result.stdout == f"sbert {__version__}\n"
 
 
-def test_training_options_are_generated_from_train_config_with_its_defaults():
-    # cli/options.py holds no copy of a training default: the options train-cls and pretrain parse, left unset,
-    # build exactly TrainConfig's defaults, and each field's flag is in --help.
+def test_training_and_task_options_are_generated_from_their_settings_with_the_library_defaults():
+    # No command declares a training or task option twice: the options train-cls, train-ner and pretrain parse,
+    # left unset, build exactly TrainConfig's defaults and the task's options dataclass's (ClassifierOptions,
+    # NerOptions, PretrainOptions: what a library caller gets), and each field's flag is in --help.
     import dataclasses
     from pathlib import Path
 
     from sbert_cli.cli import app
+    from sbert_cli.cli.options import settings_from
     from sbert_cli.cli.train import train_config_from
+    from sbert_cli.tasks.options import ClassifierOptions, NerOptions, PretrainOptions
     from sbert_cli.train.types import TrainConfig
 
     group = typer.main.get_command(app)
-    for name in ("train-cls", "pretrain"):
+    required = {"data": Path("mlm"), "train_file": Path("train.txt")}  # a required option has no default
+    for name, settings in (("train-cls", ClassifierOptions), ("train-ner", NerOptions), ("pretrain", PretrainOptions)):
         command = group.get_command(None, name)
-        defaults = {p.name: p.default for p in command.params}
+        defaults = {p.name: (None if p.required else p.default) for p in command.params}
         assert train_config_from(defaults) == TrainConfig(out_dir=defaults["out"])
+        own = {f.name: required[f.name] for f in dataclasses.fields(settings) if f.default is dataclasses.MISSING}
+        assert settings_from(settings, {**defaults, **own}) == settings(**own), name
         flags = {opt for p in command.params for opt in p.opts}
-        for f in dataclasses.fields(TrainConfig):
+        for f in (*dataclasses.fields(TrainConfig), *dataclasses.fields(settings)):
             assert f.metadata["flags"][0].split("/")[0] in flags, (name, f.name)
+        assert {p.name for p in command.params} == ({f.name for f in dataclasses.fields(TrainConfig)} - {"out_dir"}
+                                                    | {f.name for f in dataclasses.fields(settings)} | {"out", "threads"})

@@ -29,22 +29,35 @@ def _option(*names: str, help: str, panel: str | None = None, **kwargs) -> Any:
 
 
 def _field_option(f: dataclasses.Field, kind: Any, help: str | None = None) -> tuple[Any, Any, Any]:
-    """(type, typer option, default) of a config field that carries an `option` in its metadata."""
+    """(type, typer option, default) of a dataclass field that carries an `option` in its metadata; a field
+    without a default is a required option."""
     meta = f.metadata
-    return kind, _option(*meta["flags"], help=help or meta["help"], panel=meta["panel"]), f.default
+    default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+    return kind, _option(*meta["flags"], help=help or meta["help"], panel=meta["panel"]), default
+
+
+def options_of(settings: type, skip: tuple[str, ...] = (), **helps: str) -> dict[str, tuple[Any, Any, Any]]:
+    """A with_options group generated from a settings dataclass (TrainConfig, tasks/options.py's): each field's
+    flags, help and panel (its `option` metadata), type and default, in field order. `helps` replaces a field's help."""
+    hints = typing.get_type_hints(settings)
+    return {f.name: _field_option(f, hints[f.name], helps.get(f.name))
+            for f in dataclasses.fields(settings) if f.name not in skip}
+
+
+def settings_from(settings: type, parameters: dict, **given: Any):
+    """The `settings` dataclass built from a command's parameters (the fields it has), `given` overriding."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return settings(**{**{k: v for k, v in parameters.items() if k in names}, **given})
 
 
 def training_options(**helps: str) -> dict[str, tuple[Any, Any, Any]]:
     """The options train-cls, pretrain and train-ner share, generated from TrainConfig's fields (flags, help, panel,
     type, default: train/types.py declares each once), in field order, with --threads (not a TrainConfig field)
-    after --device. `helps` replaces a field's help (lr: the command's own rule); --out is each command's `Out`."""
-    hints = typing.get_type_hints(TrainConfig)
+    after --device. `helps` replaces a field's help (lr: the command's own rule); --out is each command's `out_option`."""
     options: dict[str, tuple[Any, Any, Any]] = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "out_dir":
-            continue
-        options[f.name] = _field_option(f, hints[f.name], helps.get(f.name))
-        if f.name == "device":
+    for name, entry in options_of(TrainConfig, skip=("out_dir",), **helps).items():
+        options[name] = entry
+        if name == "device":
             options["threads"] = (Optional[int], _option("--threads", help=THREADS_HELP + " Under torchrun: per process.", panel=HARDWARE), None)
     return options
 
@@ -76,8 +89,10 @@ def with_options(*groups: dict[str, tuple[Any, Any, Any]]) -> Callable:
     return decorate
 
 
-_out_field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "out_dir")
-Out = Annotated[Path, _field_option(_out_field, Path)[1]]  # each command gives its own default (runs/cls, ...)
+def out_option(default: Path) -> dict[str, tuple[Any, Any, Any]]:
+    """--out (TrainConfig.out_dir's flags and help) with the command's own default (runs/cls, runs/ner, ...)."""
+    _, option, _ = options_of(TrainConfig)["out_dir"]
+    return {"out": (Path, option, default)}
 
 
 # The inference commands' options (eval, predict, fill-mask, embed, similar, serve): one spelling, one help.

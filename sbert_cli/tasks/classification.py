@@ -1,9 +1,10 @@
 """train-cls: fine-tune (or train from scratch) a BERT sequence classifier on the generic training loop.
 
-In it: ClassifierOptions, ClassifierResult, train_classifier (the command's library call: read the splits, build
+In it: ClassifierResult, train_classifier (the command's library call: read the splits, build
 the model, train, report dev and test with `sbert eval`'s evaluate), validate_options, resolve_files, read_splits;
 EncodedSplit, encode_split, collate and ClassificationTask (the loop's adapter; its dev metrics come from the
-confusion matrix through cls_metrics, as eval's do); METRICS, DEFAULT_MODEL. Prediction is in cls_predict.py.
+confusion matrix through cls_metrics, as eval's do); METRICS. ClassifierOptions (the command's settings) is in
+options.py; prediction is in cls_predict.py.
 """
 
 from __future__ import annotations
@@ -27,30 +28,14 @@ from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
 from sbert_cli.tasks.cls_metrics import metrics_from_confusion
 from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate_kept_model
-from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, start_notes, with_chosen_lr
+from sbert_cli.tasks.lr_rule import start_notes, with_chosen_lr
+from sbert_cli.tasks.options import ClassifierOptions, with_default_model
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir
 from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResult
 
 METRICS = ("accuracy", "macro_f1")
-DEFAULT_MODEL = "hfl/chinese-bert-wwm-ext"
-
-
-@dataclass
-class ClassifierOptions:
-    data_dir: Path | None = Path("data")
-    train_file: Path | None = None
-    dev_file: Path | None = None
-    test_file: Path | None = None
-    labels_file: Path | None = None
-    model: str | None = DEFAULT_MODEL  # a model dir or hub repo id; ignored when config_name is set
-    config_name: str | None = None  # tiny|small|base: a fresh model
-    vocab: Path | None = None  # with config_name: the vocab (default: the bundled Chinese vocab)
-    max_seq_len: int = 128
-    metric: str = "accuracy"
-    pooling: str | None = None  # pooler|cls|mean; None: the model's own (config.json classifier_pooling, else pooler)
-    label_smoothing: float = LABEL_SMOOTHING  # of the training loss; dev loss is plain cross-entropy
 
 
 @dataclass
@@ -208,6 +193,7 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     """Read the splits, build the model, train on the generic loop, and report dev (and test) on the kept model."""
     from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
 
+    options = with_default_model(options)
     validate_options(options)
     reads = (options.model,) if options.config_name is None and options.model and Path(options.model).is_dir() else ()
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)

@@ -1,6 +1,6 @@
 """train-ner: fine-tune (or train from scratch) a BERT tagger, with an optional CRF, on the generic training loop.
 
-- `NerOptions`, `validate_options`, `train_tagger` (read the files, build the model, train, report dev and test as
+- `validate_options`, `train_tagger` (read the files, build the model, train, report dev and test as
   `sbert eval` does), `NerResult`; `read_splits` and `describe_data` (the run's first lines: scheme, sizes, types).
 - `encode_split`: a file's sentences as windows of at most max_seq_len ids (data.ner.encode_windows; long
   sentences are split, never truncated), each word's BIOES tag on its first sub-token; `collate` pads windows
@@ -27,9 +27,10 @@ from torch import nn
 
 from sbert_cli.data.batching import pad_batch
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.lr_rule import CRF_LR_SCALE, start_notes, with_chosen_lr
+from sbert_cli.tasks.lr_rule import start_notes, with_chosen_lr
 from sbert_cli.tasks.ner_metrics import entity_counts, scores_from_counts
 from sbert_cli.tasks.ner_predict import constraints_for, decode_words, sentence_scores
+from sbert_cli.tasks.options import NerOptions, with_default_model
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train, unwrap
 from sbert_cli.train.state import check_run_dir
@@ -38,20 +39,6 @@ from sbert_cli.train.types import Batch, Callbacks, Task, TrainConfig, TrainResu
 if TYPE_CHECKING:
     from sbert_cli.data.ner import NerData, Window
 
-DEFAULT_MODEL = "hfl/chinese-bert-wwm-ext"
-
-
-@dataclass
-class NerOptions:
-    train_file: Path
-    dev_file: Path | None = None
-    test_file: Path | None = None
-    model: str | None = DEFAULT_MODEL  # a model dir or hub repo id; ignored when config_name is set
-    config_name: str | None = None  # tiny|small|base: a fresh model
-    vocab: Path | None = None  # with config_name: the vocab (default: the bundled Chinese vocab)
-    max_seq_len: int = 128  # ids per window, [CLS] and [SEP] included; longer sentences become several windows
-    crf: bool = False  # a CRF on top of the per-word scores
-    crf_lr_scale: float = CRF_LR_SCALE  # with crf: the CRF's lr is this times the peak lr
 
 
 @dataclass
@@ -273,6 +260,7 @@ def train_tagger(options: NerOptions, config: TrainConfig, callbacks: Callbacks 
     from sbert_cli.model.bert import TagTransitions
     from sbert_cli.model.model_dir import build_or_load, freeze_unused_pooler
 
+    options = with_default_model(options)
     validate_options(options)
     reads = (options.model,) if options.config_name is None and options.model and Path(options.model).is_dir() else ()
     check_run_dir(Path(config.out_dir), config.resume, config.force, reads)

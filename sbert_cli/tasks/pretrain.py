@@ -4,7 +4,7 @@ Static data carries its masks; `--dynamic-masking` re-masks `--no-mask` data eve
 one Masker of make-mlm-data, each sequence from a generator seeded by (seed, epoch, index), so the
 masks depend neither on batch composition nor on the number of processes, and resume exactly.
 
-In it: PretrainOptions, PretrainResult, pretrain (the command's library call), validate_options; MLMSource (a
+In it: PretrainResult, pretrain (the command's library call), validate_options; MLMSource (a
 shards dir's sequences, masked statically or on the fly), masker_for, MLMTask (the loop's adapter); masked_logits
 (the one way the model runs at masked positions), masked_token_sums, mlm_metrics, eval_source and score_masked
 (held-out scoring, shared with `sbert eval --task mlm`); IGNORE, TRAIN_STREAM/EVAL_STREAM, EVAL_MASKING_SEED, TOP_K.
@@ -28,6 +28,7 @@ from sbert_cli.data.shards import MLMShards, vocab_sha256
 from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.limits import MASKING_SEED
 from sbert_cli.tasks.lr_rule import start_notes, with_chosen_lr
+from sbert_cli.tasks.options import PretrainOptions
 from sbert_cli.train.distributed import DistributedEnv
 from sbert_cli.train.loop import train
 from sbert_cli.train.state import check_run_dir, kept_model_dir
@@ -39,19 +40,6 @@ TRAIN_STREAM, EVAL_STREAM = 0, 1  # keep training and evaluation masks in separa
 # held-out evaluation and in `sbert eval` alike, so the two report the same figures on the same sequences.
 EVAL_MASKING_SEED = MASKING_SEED
 TOP_K = 5
-
-
-@dataclass
-class PretrainOptions:
-    data: Path
-    model: str | None = None  # a model dir or hub repo id
-    config_name: str | None = None  # tiny|small|base: a fresh model
-    vocab: Path | None = None  # with config_name (default: the bundled Chinese vocab)
-    dynamic_masking: bool = False
-    masked_lm_prob: float | None = None  # dynamic masking; default: the data's make-mlm-data settings
-    max_predictions: int | None = None
-    eval_data: Path | None = None
-    eval_fraction: float | None = None
 
 
 @dataclass
