@@ -166,7 +166,7 @@ def default_recipe(args, examples: int) -> dict:
     import math
 
     from sbert_cli.model.config import BertConfig
-    from sbert_cli.tasks.classification import ClassifierOptions
+    from sbert_cli.tasks.options import ClassifierOptions
     from sbert_cli.tasks.lr_rule import LABEL_SMOOTHING, WARMUP_RATIO, choose_lr
     from sbert_cli.train.types import TrainConfig
 

@@ -35,7 +35,8 @@ def unfused_adamw(*args, **kwargs):
 
 def run(args, seed: int, fused: bool, train: Path, scratch: Path) -> dict:
     from sbert_cli.resources import THUCNEWS_CLASSES, THUCNEWS_DEV
-    from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+    from sbert_cli.tasks.classification import train_classifier
+    from sbert_cli.tasks.options import ClassifierOptions
     from sbert_cli.train.types import TrainConfig
 
     out = scratch / f"{'fused' if fused else 'unfused'}-{seed}"

@@ -132,7 +132,7 @@ def default_recipe(args, windows: int) -> dict:
     """What `sbert train-ner --model M` would choose, from the library's defaults (a transformers-only run)."""
     from sbert_cli.model.config import BertConfig
     from sbert_cli.tasks.lr_rule import WARMUP_RATIO, choose_lr
-    from sbert_cli.tasks.ner import NerOptions
+    from sbert_cli.tasks.options import NerOptions
     from sbert_cli.train.types import TrainConfig
 
     config = TrainConfig(out_dir=Path("unused"))

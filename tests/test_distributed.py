@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.errors import ResumeError
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+from sbert_cli.tasks.classification import train_classifier
+from sbert_cli.tasks.options import ClassifierOptions
 from sbert_cli.train.types import TrainConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,7 +13,8 @@ import torch
 from sbert_cli.data.ner import Span, tag_names, word_offsets
 from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.resources import CHINESE_VOCAB
-from sbert_cli.tasks.ner import NerOptions, train_tagger
+from sbert_cli.tasks.ner import train_tagger
+from sbert_cli.tasks.options import NerOptions
 from sbert_cli.tasks.ner_predict import (
     constraints_for,
     decode_words,

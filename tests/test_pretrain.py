@@ -144,7 +144,8 @@ def test_held_out_figures_equal_sbert_eval_on_the_same_sequences(tmp_path, unmas
     """One masked-position scorer and one evaluation-masking scheme: pretrain's held-out evaluation of --eval-data
     and `sbert eval` of the same data on the same model report the same figures."""
     from sbert_cli.tasks.evaluate import evaluate
-    from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
+    from sbert_cli.tasks.options import PretrainOptions
+    from sbert_cli.tasks.pretrain import pretrain
     from sbert_cli.train.types import TrainConfig
 
     options = PretrainOptions(data=unmasked_data, config_name="tiny", dynamic_masking=True, eval_data=unmasked_data)

@@ -9,7 +9,8 @@ from sbert_cli.cli import app
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.model.model_dir import load_for_task, load_tokenizer
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
+from sbert_cli.tasks.options import PretrainOptions
+from sbert_cli.tasks.pretrain import pretrain
 from sbert_cli.tasks.probe import (
     PROBE_SENTENCES,
     ProbeResult,

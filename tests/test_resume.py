@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
 from sbert_cli.errors import ResumeError
 from sbert_cli.model.tokenizer import BertTokenizer
-from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
-from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
-from sbert_cli.train.types import TrainConfig
+from sbert_cli.tasks.classification import train_classifier
+from sbert_cli.tasks.options import ClassifierOptions, PretrainOptions
+from sbert_cli.tasks.pretrain import pretrain
 from sbert_cli.train.state import checkpoint_dirs
+from sbert_cli.train.types import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from sbert_cli.errors import ConfigError, ResumeError
 from sbert_cli.model.bert import build_model
 from sbert_cli.model.config import preset
-from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+from sbert_cli.tasks.classification import train_classifier
+from sbert_cli.tasks.options import ClassifierOptions
 from sbert_cli.cli.train import resume_command
 from sbert_cli.train.loop import lr_factor, optimizer_groups
 from sbert_cli.train.types import Task, TrainConfig

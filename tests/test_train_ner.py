@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from sbert_cli.errors import ConfigError
-from sbert_cli.tasks.ner import NerOptions, train_tagger
+from sbert_cli.tasks.ner import train_tagger
+from sbert_cli.tasks.options import NerOptions
 from sbert_cli.train.types import Callbacks, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

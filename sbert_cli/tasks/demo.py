@@ -236,11 +236,12 @@ def _run_stages(out_dir, outputs, settings, tokenizer, training_callbacks, on_st
     from sbert_cli.data.classification import read_label_names
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.resources import THUCNEWS_CLASSES, THUCNEWS_DEV, THUCNEWS_TRAIN
-    from sbert_cli.tasks.classification import ClassifierOptions, train_classifier
+    from sbert_cli.tasks.classification import train_classifier
     from sbert_cli.tasks.cls_predict import TextInput, load_classifier, predict_stream
     from sbert_cli.tasks.evaluate import evaluate
     from sbert_cli.tasks.fill_mask import run_fill_mask
-    from sbert_cli.tasks.pretrain import PretrainOptions, pretrain
+    from sbert_cli.tasks.options import ClassifierOptions, PretrainOptions
+    from sbert_cli.tasks.pretrain import pretrain
     from sbert_cli.train.types import TrainConfig
 
     s = settings
