@@ -1,7 +1,8 @@
 """The HTTP app of `sbert serve`: create_app (FastAPI routes over a ModelService and a DynamicBatcher), the request
 and answer models (EmbedRequest, PredictRequest, FillMaskRequest, NerRequest, Embedding, Label, LabelledText,
 FoundEntity, TaggedText, ErrorMessage),
-the request-body limit (_BodyLimit, 413), the one-line JSON errors (ERROR_RESPONSES, RETRY_AFTER_S), JSON answers that
+the request-body limit (_BodyLimit, 413), the one-line JSON errors (ERROR_RESPONSES, RETRY_AFTER_S; _missing_head: the
+404 of an endpoint whose head the model lacks), JSON answers that
 survive lone surrogates (_JSON) and the offline /docs page (_docs_page)."""
 
 from __future__ import annotations
@@ -133,6 +134,19 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return _JSON({"error": message}, status_code=status, headers=headers)
 
 
+def _missing_head(service: ModelService, kind: str) -> str | None:
+    """What the model lacks to answer a `kind` request (the head, and how to get one), or None."""
+    if kind == "predict" and service.classifier is None:
+        return "classification head; train one with sbert train-cls"
+    if kind == "ner" and service.tagger is None:
+        return "tagging head; train one with sbert train-ner"
+    if kind == "fill-mask" and service.mlm is None:
+        from sbert_cli.model.model_dir import mlm_head_recipe
+
+        return f"masked-LM head; use a checkpoint that ships one, or train one: {mlm_head_recipe(service.model_name)}"
+    return None
+
+
 def _docs_page(app: FastAPI) -> str:
     """GET /docs: the endpoints, their fields and answers as a plain page, built from the OpenAPI schema; nothing
     is fetched from elsewhere, so it works offline (FastAPI's default page loads swagger-ui from a CDN)."""
@@ -223,6 +237,9 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
         return _error(500, f"internal error: {type(error).__name__}: {error}")
 
     async def answer(kind: str, options_key: tuple, texts: list[str]) -> JSONResponse:
+        missing = _missing_head(service, kind)
+        if missing is not None:
+            return _error(404, f"/{kind}: the model {service.model_name} has no {missing}")
         if len(texts) > options.max_texts:
             return _error(422, f"texts: {len(texts)} texts, more than the {options.max_texts} one request may hold; split the request")
         for i, text in enumerate(texts):
@@ -247,9 +264,6 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
             return _error(503, "the server stopped before this request was answered; send it again once it runs")
         return _JSON(results)
 
-    def head_missing(endpoint: str, what: str, how: str) -> JSONResponse:
-        return _error(404, f"{endpoint}: the model {service.model_name} has no {what}; {how}")
-
     @app.get("/health", summary="Liveness: 200 while the server runs")
     async def health() -> dict:
         return {"status": "ok", "queued_texts": batcher.pending_texts, "running_texts": batcher.running_texts}
@@ -269,25 +283,16 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     @app.post("/predict", summary="Classify texts: labels with probabilities", response_model=list[LabelledText],
               responses=ERROR_RESPONSES, include_in_schema=service.classifier is not None)
     async def predict(request: PredictRequest):
-        if service.classifier is None:
-            return head_missing("/predict", "classification head", "train one with sbert train-cls")
         return await answer("predict", (request.top_k,), request.texts)
 
     @app.post("/fill-mask", summary="Top-k tokens (or words) for every [MASK]", responses=ERROR_RESPONSES,
               include_in_schema=service.mlm is not None)
     async def fill_mask(request: FillMaskRequest):
-        if service.mlm is None:
-            from sbert_cli.model.model_dir import mlm_head_recipe
-
-            return head_missing("/fill-mask", "masked-LM head",
-                                f"use a checkpoint that ships one, or train one: {mlm_head_recipe(service.model_name)}")
         return await answer("fill-mask", (request.top_k, request.joint), request.texts)
 
     @app.post("/ner", summary="Named entities: character spans with types and scores", response_model=list[TaggedText],
               responses=ERROR_RESPONSES, include_in_schema=service.tagger is not None)
     async def ner(request: NerRequest):
-        if service.tagger is None:
-            return head_missing("/ner", "tagging head", "train one with sbert train-ner")
         return await answer("ner", (), request.texts)
 
     @app.get("/docs", include_in_schema=False)

@@ -9,6 +9,7 @@ defaults: over the labels that occur in the gold or predicted labels, 0 where a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,8 +37,7 @@ class ClassMetrics:
     support: int
 
     def to_json(self) -> dict:
-        return {"label": self.label, "precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "support": self.support}
+        return dataclasses.asdict(self)  # label, precision, recall, f1, support
 
 
 @dataclass
