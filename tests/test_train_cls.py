@@ -246,3 +246,42 @@ def test_label_smoothing_shapes_the_training_loss_only(files, vocab_path):
                      "--no-plot", *given)
         assert result.exit_code == 0, result.output
         assert json.loads((out / "run.json").read_text())["label_smoothing"] == expected
+
+
+def test_closing_dev_report_reuses_the_best_evaluation_and_equals_a_fresh_eval(tmp_path, monkeypatch, thucnews_train,
+                                                                             thucnews_dev, thucnews_classes):
+    # At fp32 on the CPU the run's evaluation of OUT/best computed what `sbert eval` computes (same weights, tokens,
+    # batches, kernels): the closing dev report takes those probabilities instead of running the model again, and
+    # is the same, to the last digit, as a fresh evaluation of OUT/best. The test split is still run.
+    import numpy as np
+
+    from sbert_cli.tasks import cls_predict
+    from sbert_cli.tasks.classification import train_classifier
+    from sbert_cli.tasks.evaluate import evaluate
+    from sbert_cli.tasks.options import ClassifierOptions
+    from sbert_cli.train.types import TrainConfig
+
+    train_file, dev_file = tmp_path / "train.txt", tmp_path / "dev.txt"
+    train_file.write_text("".join(thucnews_train.read_text(encoding="utf-8").splitlines(keepends=True)[:300]), encoding="utf-8")
+    dev_file.write_text("".join(thucnews_dev.read_text(encoding="utf-8").splitlines(keepends=True)[:120]), encoding="utf-8")
+    calls = []
+    real = cls_predict.Classifier.probabilities
+    monkeypatch.setattr(cls_predict.Classifier, "probabilities", lambda self, texts, *a, **k: calls.append(len(texts)) or real(self, texts, *a, **k))
+    options = ClassifierOptions(train_file=train_file, dev_file=dev_file, test_file=dev_file, labels_file=thucnews_classes,
+                                config_name="tiny", max_seq_len=24)
+    config = TrainConfig(out_dir=tmp_path / "run", lr=2e-3, max_steps=24, batch_size=16, eval_every=8, precision="fp32",
+                         device="cpu", plot=False)
+    result = train_classifier(options, config)
+    assert calls == [120]  # the test split only
+    reused = result.reports["dev"]
+    fresh = evaluate(result.model_dir, dev_file, batch_size=16, precision="fp32", device="cpu")
+    assert result.model_dir.name == "best"
+    assert reused.predictions == fresh.predictions and reused.loss == fresh.loss
+    shown = lambda e: {k: v for k, v in e.to_json().items() if k not in ("runtime", "files", "model")}
+    assert shown(reused) == shown(fresh)
+    assert [(m.line_number, m.predicted, m.probability) for m in reused.misclassified] == \
+           [(m.line_number, m.predicted, m.probability) for m in fresh.misclassified]
+    assert reused.runtime.examples == 120 and reused.runtime.seconds > 0
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    best = max(evals, key=lambda r: r["accuracy"])  # the first of equals: the loop keeps a strictly better one
+    assert np.isclose(reused.metrics.accuracy, best["accuracy"])

@@ -10,6 +10,7 @@ options.py; prediction is in cls_predict.py.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sbert_cli.errors import ConfigError, DataError
 from sbert_cli.model.config import CLASSIFIER_POOLINGS
 from sbert_cli.tasks.cls_metrics import metrics_from_confusion
 from sbert_cli.tasks.evaluate import ClassificationEvaluation, evaluate_kept_model
+from sbert_cli.tasks.inference import KnownOutputs
 from sbert_cli.tasks.lr_rule import start_notes, with_chosen_lr
 from sbert_cli.tasks.options import ClassifierOptions, with_default_model
 from sbert_cli.train.distributed import DistributedEnv
@@ -117,7 +119,7 @@ def collate(split: EncodedSplit, indices: list[int], pad_id: int, with_labels: b
 
 
 def _logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.tensors.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.tensors.items() if k not in ("labels", "index")}
     return model(**inputs)
 
 
@@ -126,8 +128,12 @@ class ClassificationTask(Task):
     eval_data_fields = "dev data (`dev_file`)"
 
     def __init__(self, train: EncodedSplit, dev: EncodedSplit | None, tokenizer, metric: str, max_seq_len: int,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, keep_outputs: bool = False):
         self.train, self.dev, self.tokenizer = train, dev, tokenizer
+        # keep_outputs (one process): the best evaluation's dev probabilities, for the closing report (kept_outputs)
+        self.keep_outputs, self.kept_outputs = keep_outputs, None
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._eval_started: float | None = None
         self.label_smoothing = label_smoothing
         self.best_metric = metric if dev is not None else "loss"
         self.label_names = train.data.label_names
@@ -148,11 +154,18 @@ class ClassificationTask(Task):
         return self.dev.lengths if self.dev is not None else None
 
     def eval_batch(self, indices):
-        return collate(self.dev, indices, self.tokenizer.pad_id)
+        batch = collate(self.dev, indices, self.tokenizer.pad_id)
+        if self.keep_outputs:
+            batch.tensors["index"] = torch.tensor(indices, dtype=torch.long)
+        return batch
 
     def eval_sums(self, model, batch):
         logits = _logits(model, batch).float()
         labels = batch.tensors["labels"]
+        if self.keep_outputs:
+            if self._eval_started is None:
+                self._eval_started = time.perf_counter()
+            self._outputs.append((batch.tensors["index"], torch.softmax(logits, dim=-1)))  # as cls_predict computes them
         loss = F.cross_entropy(logits, labels, reduction="sum")
         confusion = torch.zeros(self.num_labels * self.num_labels, dtype=torch.float64, device=logits.device)
         confusion.index_add_(0, labels * self.num_labels + logits.argmax(-1), torch.ones_like(labels, dtype=torch.float64))
@@ -161,6 +174,15 @@ class ClassificationTask(Task):
     def eval_metrics(self, sums):
         metrics = metrics_from_confusion(sums[2:].view(self.num_labels, self.num_labels).numpy(), self.label_names)
         return {"loss": float(sums[0] / max(float(sums[1]), 1.0)), "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}
+
+    def evaluated(self, improved):
+        if self.keep_outputs and improved and self._outputs:
+            indices = torch.cat([index for index, _ in self._outputs]).cpu().numpy()
+            probabilities = np.empty((len(self.dev.lengths), self.num_labels), dtype=np.float32)
+            probabilities[indices] = torch.cat([p for _, p in self._outputs]).cpu().numpy()
+            self.kept_outputs = KnownOutputs(probabilities, int(self.dev.lengths.sum()),
+                                             time.perf_counter() - self._eval_started)
+        self._outputs, self._eval_started = [], None
 
     def fingerprint(self):
         digest = hashlib.sha256()
@@ -210,9 +232,9 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     if options.max_seq_len > max_positions:
         raise ConfigError(f"`max_seq_len` {options.max_seq_len} exceeds the model's {max_positions} positions")
     encoded = {name: encode_split(data, tokenizer, options.max_seq_len) for name, data in splits.items()}
-    task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len,
-                              options.label_smoothing)
     env = DistributedEnv.from_env()
+    task = ClassificationTask(encoded["train"], encoded.get("dev"), tokenizer, options.metric, options.max_seq_len,
+                              options.label_smoothing, keep_outputs=env.world_size == 1)
     if callbacks is not None and env.is_main:
         sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
         callbacks.message(f"data: {sizes} examples; {len(label_names)} labels: {', '.join(label_names)}")
@@ -229,5 +251,5 @@ def train_classifier(options: ClassifierOptions, config: TrainConfig, callbacks:
     result = train(model, task, config, callbacks, run_info=run_info, on_micro_batch=on_micro_batch)
     out = ClassifierResult(result, label_names, None, new_head=new_head)
     if env.is_main and not result.interrupted:
-        out.model_dir, out.reports = evaluate_kept_model(splits, "cls", config, result)
+        out.model_dir, out.reports = evaluate_kept_model(splits, "cls", config, result, {"dev": task.kept_outputs})
     return out

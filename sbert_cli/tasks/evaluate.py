@@ -19,7 +19,7 @@ from typing import Sequence
 from sbert_cli.errors import ConfigError, DataError, ModelLoadError
 from sbert_cli.tasks.cls_metrics import ClassificationMetrics, classification_metrics
 from sbert_cli.tasks.cls_predict import Classifier, load_classifier
-from sbert_cli.tasks.inference import ProgressCallback, Runtime, prepare_inference
+from sbert_cli.tasks.inference import KnownOutputs, ProgressCallback, Runtime, prepare_inference
 from sbert_cli.tasks.pretrain import EVAL_MASKING_SEED, eval_source, score_masked
 
 TASKS = ("cls", "mlm", "ner")
@@ -135,9 +135,11 @@ def infer_task(model: str | Path, data: str | Path | None = None) -> str:
 
 
 def evaluate_classifier(
-    classifier: Classifier, data: str | Path, model_name: str = "", progress: ProgressCallback | None = None
+    classifier: Classifier, data: str | Path, model_name: str = "", progress: ProgressCallback | None = None,
+    known: KnownOutputs | None = None,
 ) -> ClassificationEvaluation:
-    """Classify every example of a labelled file and compute the metrics (nothing is written)."""
+    """Classify every example of a labelled file and compute the metrics (nothing is written); `known`: the
+    classifier's probabilities on this file, already computed (its shape is checked)."""
     import numpy as np
 
     from sbert_cli.data.classification import read_classification_file
@@ -146,9 +148,13 @@ def evaluate_classifier(
         Path(data), classifier.label_names, require_labels=True, allow_new_labels=False, label_source="the model's labels"
     )
     total = len(dataset.texts)
-    probabilities = classifier.probabilities(
-        dataset.texts, dataset.pairs, progress and (lambda n, _: progress(n, total))
-    )
+    if known is not None and getattr(known.outputs, "shape", None) == (total, len(classifier.label_names)):
+        probabilities = known.outputs
+        classifier.runtime.add(total, known.tokens, known.seconds)
+    else:
+        probabilities = classifier.probabilities(
+            dataset.texts, dataset.pairs, progress and (lambda n, _: progress(n, total))
+        )
     gold = np.asarray(dataset.labels, dtype=np.int64)
     predicted = probabilities.argmax(axis=1)
     gold_probability = probabilities[np.arange(len(gold)), gold]
@@ -248,10 +254,12 @@ def evaluate(
     max_length: int | None = None,
     seed: int = EVAL_MASKING_SEED,
     progress: ProgressCallback | None = None,
+    known: KnownOutputs | None = None,
 ) -> ClassificationEvaluation | MLMEvaluation:
     """Evaluate `model` on `data` for `task` (inferred when None) and write metrics.json (and, for cls,
     the confusion-matrix PNG and misclassified TSV; for ner, the wrong sentences' TSV) into out_dir, replacing an earlier report there;
-    out_dir=None writes nothing. `force` is accepted for compatibility: a report replaces its own files anyway."""
+    out_dir=None writes nothing. `force` is accepted for compatibility: a report replaces its own files anyway.
+    `known`: the model's outputs on `data`, already computed (evaluate_kept_model); cls only."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"`task` must be cls, mlm or ner, not {task!r}")
     from sbert_cli.limits import BATCH_SIZE_WHY, MAX_BATCH_SIZE, check_range, check_seed
@@ -271,7 +279,7 @@ def evaluate(
         if Path(data).is_dir():
             raise DataError(f"{data}: is a folder; `task` cls takes a labelled file (TSV, CSV or JSONL)")
         classifier = load_classifier(model, batch_size=batch_size, precision=precision, device=device, max_length=max_length)
-        result = evaluate_classifier(classifier, data, str(model), progress)
+        result = evaluate_classifier(classifier, data, str(model), progress, known)
     elif task == "ner":
         from sbert_cli.tasks.ner_predict import evaluate_tagger, load_tagger
 
@@ -305,16 +313,19 @@ def evaluate(
     return result
 
 
-def evaluate_kept_model(splits: dict, task: str, config, result) -> tuple[Path, dict]:
+def evaluate_kept_model(splits: dict, task: str, config, result, known: dict | None = None) -> tuple[Path, dict]:
     """A training run's closing reports: the kept model (OUT/best, else OUT/last) and `evaluate` on the dev and test
     files among `splits` (name -> data with a .path), written to OUT/eval-<split>, at the run's batch size (config:
-    its TrainConfig), device and precision (result: its TrainResult)."""
+    its TrainConfig), device and precision (result: its TrainResult). `known` (split -> KnownOutputs or None): what
+    the run's evaluation of OUT/best computed; used where it equals what `evaluate` would compute (fp32 on the CPU),
+    so the dev split is not run through the model a second time."""
     from sbert_cli.train.state import kept_model_dir
 
     model_dir = kept_model_dir(config.out_dir)
+    exact = result.precision == "fp32" and result.device == "cpu" and model_dir.name == "best"
     return model_dir, {name: evaluate(model_dir, splits[name].path, task=task, out_dir=Path(config.out_dir) / f"eval-{name}",
                                       force=True, batch_size=config.batch_size, precision=result.precision,
-                                      device=result.device)
+                                      device=result.device, known=(known or {}).get(name) if exact else None)
                        for name in ("dev", "test") if name in splits}
 
 

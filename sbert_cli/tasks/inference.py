@@ -1,4 +1,5 @@
-"""What every inference command shares: the device and precision it runs with, and how fast it ran."""
+"""What every inference command shares: the device and precision it runs with, and how fast it ran (Runtime);
+in_chunks (streaming); KnownOutputs (what a training run already computed on a file, for its closing report)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def in_chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+@dataclass
+class KnownOutputs:
+    """What a training run's evaluation computed on a file with the model it kept, in this process, at fp32 on the
+    CPU: the same numbers `sbert eval` gets from the saved model (same weights, tokens, batches and kernels), so the
+    closing report uses them instead of running the model again. `outputs`: per example, in file order (a
+    classifier's probabilities); tokens and seconds: that evaluation's."""
+
+    outputs: object
+    tokens: int
+    seconds: float
 
 
 @dataclass

@@ -302,6 +302,7 @@ class Trainer:
             self.best_value, self.best_step, self.evals_without_improvement = metrics[task.best_metric], self.step, 0
         else:
             self.evals_without_improvement += 1
+        task.evaluated(improved)
         self.last_eval_step = self.step
         self.result.last_eval = metrics
         if self.env.is_main:

@@ -172,6 +172,10 @@ class Task(ABC):
         """Metrics (including "loss") from the summed eval_sums."""
         raise NotImplementedError
 
+    def evaluated(self, improved: bool) -> None:
+        """Called after each evaluation with whether its model became OUT/best (a task that keeps what it predicted
+        for its closing report keeps the best evaluation's; see ClassificationTask)."""
+
     def fingerprint(self) -> dict:
         """What identifies the training data: a resumed run must have the same."""
         return {}
