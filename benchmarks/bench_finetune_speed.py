@@ -4,7 +4,7 @@ Each run is a fresh Python process, timed from outside (start-up, imports, readi
 evaluation after every epoch, and what each writes), so the figure is what a user waits for:
 
 - sbert: `python -m sbert_cli train-cls --model M --train T --dev D --labels C --epochs E --seed S --precision P`,
-  at its defaults otherwise (lr rule, warmup, batch 32, length-bucketed batches, fused AdamW, label smoothing 0.1;
+  at its defaults otherwise (lr rule, warmup, batch 32, shuffled batches run unpadded, fused AdamW, label smoothing 0.1;
   it writes OUT/best, OUT/last and a checkpoint per epoch).
 - transformers: this file's worker mode (`--worker`), which runs bench_finetune_quality.run_transformers:
   `AutoModelForSequenceClassification` + `Trainer` at the recipe sbert chooses (the same peak lr, warmup steps,

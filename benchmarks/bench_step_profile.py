@@ -223,16 +223,19 @@ def collation_overlap(trainer, batches: list[list[int]]) -> tuple[float, float]:
     return statistics.median(collated), statistics.median(waited[1:] or waited)
 
 
-def padding_share(lengths: np.ndarray, batch_size: int, seed: int, bucketed: bool = True) -> float:
-    """Padding's share of the tokens in one epoch of the trainer's length-bucketed batches (bucketed=False: of
-    shuffled batches padded to their longest, as transformers' Trainer makes them by default)."""
-    from sbert_cli.data.batching import bucketed_batches
+def padding_share(lengths: np.ndarray, batch_size: int, seed: int, unpadded: bool = True) -> float:
+    """Padding's share of the tokens the dense layers run on in one epoch of the trainer's shuffled batches:
+    unpadded=True as sbert trains (a batch with at least UNPAD_SHARE padding runs on its real tokens only),
+    False padded to each batch's longest (as transformers' Trainer batches by default)."""
+    from sbert_cli.data.batching import shuffled_batches
+    from sbert_cli.model.bert import UNPAD_SHARE
 
-    if bucketed:
-        batches = bucketed_batches(lengths, batch_size, seed, 0)
-    else:
-        order = np.random.default_rng(seed).permutation(len(lengths))
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [np.asarray(b) for b in shuffled_batches(len(lengths), batch_size, seed, 0)]
+    if unpadded:
+        batches_padded = [b for b in batches if 1 - lengths[b].sum() / (lengths[b].max() * len(b)) < UNPAD_SHARE]
+        real = sum(int(lengths[b].sum()) for b in batches)
+        padded = real + sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches_padded)
+        return 1 - real / padded
     real = padded = 0
     for batch in batches:
         real += int(lengths[batch].sum())
@@ -260,7 +263,7 @@ def compile_probe(trainer, batches: list[list[int]]) -> tuple[float, float, floa
 
 
 def profile_shape(shape: str, args, scratch: Path) -> None:
-    from sbert_cli.data.batching import bucketed_batches
+    from sbert_cli.data.batching import shuffled_batches
     from sbert_cli.train.loop import Trainer
     from sbert_cli.train.types import TrainConfig
 
@@ -270,7 +273,7 @@ def profile_shape(shape: str, args, scratch: Path) -> None:
     trainer = Trainer(model, task, config)
     trainer.seed()
     lengths = np.asarray(task.train_lengths())
-    batches = bucketed_batches(lengths, args.batch_size, args.seed, 0)
+    batches = shuffled_batches(len(lengths), args.batch_size, args.seed, 0)
     steps = [b for b in batches if len(b) == args.batch_size][: 2 * args.steps + 2]
     mean_tokens = statistics.mean(int(lengths[b].max()) for b in steps)
     params = sum(p.numel() for p in model.parameters())
@@ -298,9 +301,10 @@ def profile_shape(shape: str, args, scratch: Path) -> None:
     collated, waited = collation_overlap(trainer, steps[2 : 2 + args.steps])
     print(f"  collation thread: {collated * 1e3:.1f} ms/step collated, the step waited {waited * 1e3:.2f} ms/step "
           f"({100 * (1 - waited / max(collated, 1e-9)):.0f}% hidden)")
-    print(f"  padding: {100 * padding_share(lengths, args.batch_size, args.seed):.1f}% of the tokens in an epoch of "
-          "length-bucketed batches (the most unpadding could save in the dense layers); shuffled batches padded to "
-          f"their longest (Trainer's default): {100 * padding_share(lengths, args.batch_size, args.seed, False):.1f}%")
+    print(f"  padding the dense layers run on in an epoch of shuffled batches: "
+          f"{100 * padding_share(lengths, args.batch_size, args.seed):.1f}% unpadded as sbert trains, "
+          f"{100 * padding_share(lengths, args.batch_size, args.seed, False):.1f}% padded to each batch's longest "
+          "(Trainer's default)")
     rows = optimizer_rows(model, task, steps[0], max(3, args.steps))
     fused = rows["fused"]
     print("  AdamW step alone (no schedule), alternated:")

@@ -167,7 +167,7 @@ def main() -> None:
 
     import transformers
 
-    from sbert_cli.data.batching import bucketed_batches
+    from sbert_cli.data.batching import shuffled_batches
     from sbert_cli.model.precision import machine_summary, resolve_device, resolve_precision
     from sbert_cli.resources import THUCNEWS_CLASSES
 
@@ -187,7 +187,7 @@ def main() -> None:
             task = make_task(task_name, model_dir, scratch, examples, args.seq_len, labels)
             lengths = np.asarray(task.train_lengths())
             assert (lengths == args.seq_len).all(), "benchmark sequences must all be --seq-len tokens"
-            batches = bucketed_batches(lengths, args.batch_size, args.seed, 0)[: args.steps + 1]
+            batches = shuffled_batches(len(lengths), args.batch_size, args.seed, 0)[: args.steps + 1]
             times = {"sbert": [], "transformers": []}
             for repeat in range(args.repeats):
                 order = ("sbert", "transformers") if repeat % 2 == 0 else ("transformers", "sbert")

@@ -1,4 +1,4 @@
-"""Dynamic padding and the length-bucketed, world-size-independent training order."""
+"""Dynamic padding and the shuffled, world-size-independent training order."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from sbert_cli.data.batching import (
-    bucketed_batches,
     length_sorted_batches,
     pad_batch,
+    shuffled_batches,
     split_batch,
 )
 
@@ -26,25 +26,23 @@ def test_length_sorted_batches_cover_everything_once():
     assert [lengths[i] for i in batches[0]] == [9, 9, 7]
 
 
-def test_bucketed_batches_are_a_seeded_permutation_with_similar_lengths():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 128, size=1000)
-    batches = bucketed_batches(lengths, 16, seed=1, epoch=0)
+def test_shuffled_batches_are_a_seeded_permutation_cut_into_batches():
+    batches = shuffled_batches(1000, 16, seed=1, epoch=0)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(1000))
     assert all(len(b) == 16 for b in batches[:-1]) and len(batches[-1]) == 1000 % 16
-    # Bucketing: within a batch, lengths are close (far closer than in a random batch).
-    spread = np.mean([np.ptp(lengths[b]) for b in batches[:-1]])
-    assert spread < 10
-    assert batches == bucketed_batches(lengths, 16, seed=1, epoch=0)
-    assert batches != bucketed_batches(lengths, 16, seed=1, epoch=1)
-    assert batches != bucketed_batches(lengths, 16, seed=2, epoch=0)
+    assert batches == shuffled_batches(1000, 16, seed=1, epoch=0)
+    assert batches != shuffled_batches(1000, 16, seed=1, epoch=1)
+    assert batches != shuffled_batches(1000, 16, seed=2, epoch=0)
+    assert batches[0] != list(range(16))  # not file order
 
 
-def test_bucketed_batches_do_not_keep_file_order():
-    lengths = [10] * 200
-    first = bucketed_batches(lengths, 20, seed=0, epoch=0)[0]
-    assert first != list(range(20))
+def test_shuffled_batches_mix_lengths_as_a_random_draw_does():
+    # Training batches are not grouped by length (that grouped labels, which often go with length): the spread of
+    # lengths within a batch is that of a random sample, not the few tokens of a length-sorted window.
+    lengths = np.random.default_rng(0).integers(5, 128, size=1000)
+    spread = np.mean([np.ptp(lengths[b]) for b in shuffled_batches(1000, 16, seed=1, epoch=0)[:-1]])
+    assert spread > 80
 
 
 def test_split_batch_sizes_and_order():

@@ -199,3 +199,37 @@ def test_untied_checkpoint_with_decoder_weight_loads_when_equal(hf_mlm_dir, tmp_
         logits = load_for_task(model_dir, "mlm").model(*batch)
     assert_matches(logits, _mlm_reference_logits(hf_mlm_dir, batch))
 
+
+
+def test_training_batches_with_padding_run_on_real_tokens_with_the_same_values_and_gradients(monkeypatch):
+    # A training batch with >= UNPAD_SHARE padding runs its dense layers on the real tokens only (model/bert.py
+    # Unpadded); at the real tokens it computes what the padded path computes, forward and backward.
+    import dataclasses
+
+    from sbert_cli.model import bert
+    from sbert_cli.model.config import preset
+
+    config = dataclasses.replace(preset("tiny"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    unpadded = bert.BertForSequenceClassification(dataclasses.replace(config, id2label={0: "a", 1: "b", 2: "c"}))
+    padded = bert.BertForSequenceClassification(unpadded.config)
+    padded.load_state_dict(unpadded.state_dict())
+    input_ids = torch.randint(5, 21128, (6, 17), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([17, 4, 9, 12, 3, 16])
+    attention_mask = (torch.arange(17)[None] < lengths[:, None]).long()
+    used = []
+    real_unpadded = bert.Unpadded
+    monkeypatch.setattr(bert, "Unpadded", lambda mask: used.append(1) or real_unpadded(mask))
+    logits = unpadded.train()(input_ids, attention_mask)
+    with torch.no_grad():
+        hidden = unpadded.bert.encode(input_ids, attention_mask)
+    assert not hidden[attention_mask == 0].any()  # zeros at the padding, which nothing reads
+    monkeypatch.setattr(bert, "UNPAD_SHARE", 1.1)  # never unpad
+    expected = padded.train()(input_ids, attention_mask)
+    assert used == [1, 1]
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+    logits.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, a), b in zip(unpadded.named_parameters(), padded.parameters()):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)

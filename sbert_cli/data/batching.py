@@ -1,4 +1,4 @@
-"""Batching: dynamic padding, length-sorted inference batches, and the seeded length-bucketed training order.
+"""Batching: dynamic padding, length-sorted inference batches, and the seeded shuffled training order.
 
 Training batches are *global* batches (per-device batch x devices x accumulation steps): their
 composition depends only on the seed, the epoch and the lengths, never on how many processes
@@ -11,11 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-# Examples are length-sorted within windows of this many global batches: enough to make
-# neighbouring lengths similar, few enough that batches still mix the corpus.
-BUCKET_WINDOW_BATCHES = 50
-
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, T) int64, padded on the right to the batch's longest sequence."""
@@ -34,24 +29,17 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch of training batches: a seeded shuffle, length-sorted within windows, batches in seeded order.
+def shuffled_batches(count: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of training batches: a permutation of range(count) seeded by (seed, epoch), cut into batches of
+    batch_size; only the last may be smaller.
 
-    Every index appears once; only the last batch may be smaller than batch_size.
+    Batches mix lengths, as transformers' Trainer's do. Length-bucketed batches (0.2's order) padded less but
+    grouped labels that go with length (on THUCNews titles a batch's most common label held 33% of it, against 19%
+    shuffled) and cost 0.8 points of dev accuracy in a 1-epoch run; the model runs a training batch's dense layers
+    on its real tokens only (model/bert.py Unpadded), so mixing lengths costs little padding work.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    window = batch_size * BUCKET_WINDOW_BATCHES
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    full = [b for b in batches if len(b) == batch_size]
-    partial = [b for b in batches if len(b) < batch_size]
-    # Shuffle the full batches, so long and short ones alternate; a partial one goes last.
-    return [full[i].tolist() for i in rng.permutation(len(full))] + [b.tolist() for b in partial]
+    order = np.random.default_rng([seed, epoch]).permutation(count)
+    return [order[i : i + batch_size].tolist() for i in range(0, count, batch_size)]
 
 
 def split_batch(batch: Sequence[int], parts: int) -> list[list[int]]:

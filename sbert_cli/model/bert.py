@@ -1,5 +1,6 @@
 """BERT in one file: embeddings, self-attention (SDPA), post-LN layers, pooler, and the MLM, classification and
-token-classification (tagging, with an optional CRF's parameters) heads.
+token-classification (tagging, with an optional CRF's parameters) heads; Unpadded (a padded batch's real tokens:
+batches with much padding run their dense layers on those only, UNPAD_SHARE).
 
 Shapes: B batch, T tokens, H hidden size, nh heads, hs head size (H = nh * hs), V vocab, M masked positions.
 Parameter names are ours (snake_case); hf_weights.py maps Hugging Face's names onto them.
@@ -58,18 +59,23 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(H, H)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, H = x.shape
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None) -> torch.Tensor:
+        """x: (B, T, H), or the batch's real tokens (N, H) when `tokens` says where they sit in (B, T): the
+        projections then run on real tokens only, and attention on them put back in place."""
+        H = x.shape[-1]
+        B, T = (tokens.batch, tokens.length) if tokens is not None else x.shape[:2]
         nh = self.num_heads
 
         def heads(t: torch.Tensor) -> torch.Tensor:
+            if tokens is not None:
+                t = tokens.pad(t)
             return t.view(B, T, nh, H // nh).transpose(1, 2)  # (B, nh, T, hs)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )  # (B, nh, T, hs)
-        return self.output(y.transpose(1, 2).reshape(B, T, H))
+        ).transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.output(tokens.unpad(y) if tokens is not None else y)
 
 
 class Layer(nn.Module):
@@ -86,9 +92,30 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.act = ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask, tokens)))  # (B, T, H) or (N, H)
         return self.output_norm(x + self.dropout(self.output(self.act(self.intermediate(x)))))
+
+
+class Unpadded:
+    """Where a padded batch's real tokens sit: `index` into the flattened (B * T) positions. unpad takes the real
+    tokens' rows out of (B, T, H) as (N, H); pad puts (N, H) back as (B * T, H) with zero rows at the padding."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.length = attention_mask.shape
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
+
+
+# In training, a batch whose padding is at least this share of its positions runs its layers' dense parts on the real
+# tokens only (attention still sees the padded layout): the same values at the real tokens, zeros at the padding,
+# where transformers (and this model in eval mode, so every output matches it) computes values nothing reads.
+UNPAD_SHARE = 0.1
 
 
 class BertModel(nn.Module):
@@ -110,13 +137,24 @@ class BertModel(nn.Module):
     ) -> torch.Tensor:
         """Last hidden state (B, T, H), without the pooler."""
         x = self.embeddings(input_ids, token_type_ids)
-        attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # True = attend. (B, 1, 1, T) broadcasts over heads and query positions.
-            attn_mask = attention_mask.bool()[:, None, None, :]
+        if attention_mask is None:
+            real = x.shape[0] * x.shape[1]
+        else:
+            real = int(attention_mask.count_nonzero())  # the one host read of the mask
+        if real == x.shape[0] * x.shape[1]:
+            for layer in self.layers:
+                x = layer(x, None)
+            return x
+        attn_mask = attention_mask.bool()[:, None, None, :]  # True = attend; broadcasts over heads and queries
+        if not self.training or real > (1 - UNPAD_SHARE) * x.shape[0] * x.shape[1]:
+            for layer in self.layers:
+                x = layer(x, attn_mask)
+            return x
+        tokens = Unpadded(attention_mask)
+        h = tokens.unpad(x)  # (N, H)
         for layer in self.layers:
-            x = layer(x, attn_mask)
-        return x
+            h = layer(h, attn_mask, tokens)
+        return tokens.pad(h).view_as(x)  # zeros at the padding
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(sequence_output[:, 0]))  # the [CLS] vector, (B, H)

@@ -1,7 +1,7 @@
 """The one training loop. It knows nothing of MLM or classification: a `Task` supplies batches, the loss and metrics.
 
 Per optimizer step the loop takes one *global* batch (batch_size x grad_accum x world_size examples,
-from the seeded length-bucketed order), gives each process its share as grad_accum micro-batches,
+from the seeded shuffled order), gives each process its share as grad_accum micro-batches,
 and normalises the summed loss by the global number of loss units (examples, or masked tokens), so
 that accumulation and any number of processes compute the same gradient as one big batch.
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sbert_cli.data.batching import bucketed_batches, length_sorted_batches, split_batch
+from sbert_cli.data.batching import length_sorted_batches, shuffled_batches, split_batch
 from sbert_cli.errors import ConfigError, ResumeError, SbertError
 from sbert_cli.model.precision import autocast, grad_scaler, resolve_precision
 from sbert_cli.outputs import OutputDir
@@ -405,7 +405,7 @@ class Trainer:
     def run_epoch(self, stop: StopRequest, collator: ThreadPoolExecutor, log: "_LogWindow") -> None:
         """Steps through the rest of this epoch's batches (from next_batch), or until the run must stop."""
         config, result, callbacks = self.config, self.result, self.callbacks
-        batches = bucketed_batches(self.lengths, self.global_batch, config.seed, self.epoch)
+        batches = shuffled_batches(len(self.lengths), self.global_batch, config.seed, self.epoch)
         upcoming = collator.submit(self.micro_batches, batches[self.next_batch], self.epoch)
         while self.next_batch < len(batches) and self.step < self.total_steps:
             micro = upcoming.result()
