@@ -301,7 +301,7 @@ def profile_shape(shape: str, args, scratch: Path) -> None:
     collated, waited = collation_overlap(trainer, steps[2 : 2 + args.steps])
     print(f"  collation thread: {collated * 1e3:.1f} ms/step collated, the step waited {waited * 1e3:.2f} ms/step "
           f"({100 * (1 - waited / max(collated, 1e-9)):.0f}% hidden)")
-    print(f"  padding the dense layers run on in an epoch of shuffled batches: "
+    print(f"  padding: the share the dense layers run on in an epoch of shuffled batches: "
           f"{100 * padding_share(lengths, args.batch_size, args.seed):.1f}% unpadded as sbert trains, "
           f"{100 * padding_share(lengths, args.batch_size, args.seed, False):.1f}% padded to each batch's longest "
           "(Trainer's default)")
