@@ -34,9 +34,10 @@ def shuffled_batches(count: int, batch_size: int, seed: int, epoch: int) -> list
     batch_size; only the last may be smaller.
 
     Batches mix lengths, as transformers' Trainer's do. Length-bucketed batches (0.2's order) padded less but
-    grouped labels that go with length (on THUCNews titles a batch's most common label held 33% of it, against 19%
-    shuffled) and cost 0.8 points of dev accuracy in a 1-epoch run; the model runs a training batch's dense layers
-    on its real tokens only (model/bert.py Unpadded), so mixing lengths costs little padding work.
+    grouped examples by what goes with length (on THUCNews titles a batch's most common label held 33% of it, against
+    19% shuffled) and trained worse taggers (MSRA, m3e-small, 10,000 sentences, 3 seeds: test entity F1 0.8035
+    against 0.8242 shuffled); the model runs a training batch's dense layers on its real tokens only
+    (model/bert.py Unpadded), so mixing lengths costs little padding work.
     """
     order = np.random.default_rng([seed, epoch]).permutation(count)
     return [order[i : i + batch_size].tolist() for i in range(0, count, batch_size)]
