@@ -137,24 +137,15 @@ class BertModel(nn.Module):
     ) -> torch.Tensor:
         """Last hidden state (B, T, H), without the pooler."""
         x = self.embeddings(input_ids, token_type_ids)
-        if attention_mask is None:
-            real = x.shape[0] * x.shape[1]
-        else:
-            real = int(attention_mask.count_nonzero())  # the one host read of the mask
-        if real == x.shape[0] * x.shape[1]:
-            for layer in self.layers:
-                x = layer(x, None)
-            return x
-        attn_mask = attention_mask.bool()[:, None, None, :]  # True = attend; broadcasts over heads and queries
-        if not self.training or real > (1 - UNPAD_SHARE) * x.shape[0] * x.shape[1]:
-            for layer in self.layers:
-                x = layer(x, attn_mask)
-            return x
-        tokens = Unpadded(attention_mask)
-        h = tokens.unpad(x)  # (N, H)
+        positions = x.shape[0] * x.shape[1]
+        real = positions if attention_mask is None else int(attention_mask.count_nonzero())  # the one host read of it
+        # True = attend; (B, 1, 1, T) broadcasts over heads and queries. None: no padding.
+        attn_mask = attention_mask.bool()[:, None, None, :] if real < positions else None
+        tokens = Unpadded(attention_mask) if self.training and real <= (1 - UNPAD_SHARE) * positions else None
+        h = tokens.unpad(x) if tokens is not None else x  # (N, H) or (B, T, H)
         for layer in self.layers:
             h = layer(h, attn_mask, tokens)
-        return tokens.pad(h).view_as(x)  # zeros at the padding
+        return tokens.pad(h).view_as(x) if tokens is not None else h  # zeros at the padding
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(sequence_output[:, 0]))  # the [CLS] vector, (B, H)
