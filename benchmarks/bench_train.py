@@ -2,7 +2,8 @@
 
 A random BERT-base-shape model (vocab 21128) is built with transformers and saved in HF format; sbert loads
 that folder as users would, so both sides start from the same weights. Both train on the same global
-batches of exactly --seq-len tokens (long THUCNews texts, no padding), dropout on, AdamW (no weight decay
+batches of exactly --seq-len tokens (long THUCNews texts, no padding; with --short-len, every other sequence is cut
+to that many tokens and padded, as in a batch of mixed lengths), dropout on, AdamW (no weight decay
 on biases and LayerNorm), linear schedule, gradient clipping at 1.0, at the same precision.
 
 - sbert: `Trainer.train_step` — the step `sbert train-cls` / `sbert pretrain` run: collate, forward, loss,
@@ -16,6 +17,7 @@ fastest runs (the least disturbed), printed beside it.
 
     python benchmarks/bench_train.py                                   # cls and mlm, BERT-base, 16 x 128, CPU
     python benchmarks/bench_train.py --tasks mlm --steps 5 --repeats 3
+    python benchmarks/bench_train.py --tasks cls --batch-size 32 --seq-len 32 --short-len 20 --precision fp32 --steps 5 --repeats 3
     python benchmarks/bench_train.py --device cuda --precision bf16 --batch-size 32 --steps 20 --repeats 3
 """
 
@@ -57,8 +59,9 @@ def long_texts(count: int, titles_per_text: int = 12) -> tuple[list[str], list[i
     return texts, [int(rows[(i * titles_per_text) % len(rows)][1]) for i in range(count)]
 
 
-def make_task(task: str, model_dir: Path, scratch: Path, examples: int, seq_len: int, labels: list[str]):
-    """The sbert task adapter over the benchmark data, and the tokenizer."""
+def make_task(task: str, model_dir: Path, scratch: Path, examples: int, seq_len: int, labels: list[str],
+              short_len: int | None = None):
+    """The sbert task adapter over the benchmark data; with short_len, every other example is cut to that many tokens."""
     from sbert_cli.model.model_dir import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
@@ -68,7 +71,12 @@ def make_task(task: str, model_dir: Path, scratch: Path, examples: int, seq_len:
         from sbert_cli.tasks.classification import ClassificationTask, encode_split
 
         data = ClassificationData(scratch / "train.txt", texts, None, label_ids, labels, list(range(1, examples + 1)))
-        return ClassificationTask(encode_split(data, tokenizer, seq_len), None, tokenizer, "accuracy", seq_len)
+        split = encode_split(data, tokenizer, seq_len)
+        if short_len:  # the issue's mixed batch: half the rows are short_len real tokens, padded to seq_len
+            for i in range(1, examples, 2):
+                split.input_ids[i] = split.input_ids[i][: short_len - 1] + [tokenizer.sep_id]
+            split.lengths[:] = [len(ids) for ids in split.input_ids]
+        return ClassificationTask(split, None, tokenizer, "accuracy", seq_len)
     from sbert_cli.data.mlm_data import MLMDataSettings, make_mlm_data
     from sbert_cli.data.shards import MLMShards
     from sbert_cli.tasks.pretrain import TRAIN_STREAM, MLMSource, MLMTask
@@ -158,6 +166,8 @@ def main() -> None:
     parser.add_argument("--config", default="base", help="model shape: base (default), small or tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--short-len", type=int, default=None,
+                        help="cls only: every other sequence has this many real tokens (padded to --seq-len in its batch)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per run (after one warm-up step)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side")
     parser.add_argument("--device", default="cpu")
@@ -184,10 +194,14 @@ def main() -> None:
             scratch = Path(scratch_name)
             model_dir = build_model_dir(scratch / "model", task_name, labels, args.config, args.seed)
             examples = args.batch_size * (args.steps + 1)
-            task = make_task(task_name, model_dir, scratch, examples, args.seq_len, labels)
+            short = args.short_len if task_name == "cls" else None
+            task = make_task(task_name, model_dir, scratch, examples, args.seq_len, labels, short)
             lengths = np.asarray(task.train_lengths())
-            assert (lengths == args.seq_len).all(), "benchmark sequences must all be --seq-len tokens"
+            assert set(lengths.tolist()) <= {args.seq_len, short}, "benchmark sequences must be --seq-len (or --short-len) tokens"
             batches = shuffled_batches(len(lengths), args.batch_size, args.seed, 0)[: args.steps + 1]
+            if short:
+                padding = sum(args.seq_len * len(b) - int(lengths[b].sum()) for b in batches) / (args.seq_len * examples)
+                print(f"  {task_name}: half the rows {short} tokens; padding {padding:.1%} of the batch positions")
             times = {"sbert": [], "transformers": []}
             for repeat in range(args.repeats):
                 order = ("sbert", "transformers") if repeat % 2 == 0 else ("transformers", "sbert")

@@ -233,3 +233,52 @@ def test_training_batches_with_padding_run_on_real_tokens_with_the_same_values_a
     for (name, a), b in zip(unpadded.named_parameters(), padded.parameters()):
         if a.grad is not None or b.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("head", ["cls-pooler", "cls-cls", "mlm", "ner"])
+@pytest.mark.parametrize("mode", ["eval", "train-unpadded"])
+def test_heads_that_read_some_positions_run_the_last_layer_there_only_with_the_full_layers_values(head, mode):
+    # A head that reads [CLS] (classifier), the masked positions (MLM) or words' first pieces (tagger) gets the last
+    # layer at those positions only (BertModel.encode's `read`): its feed-forward sees B * M rows, not B * T, and the
+    # outputs and gradients equal the full last layer's gathered there.
+    import dataclasses
+
+    from sbert_cli.model import bert
+    from sbert_cli.model.config import preset
+
+    config = dataclasses.replace(preset("tiny"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                 id2label={0: "a", 1: "b", 2: "c"})
+    torch.manual_seed(0)
+    input_ids = torch.randint(5, 21128, (6, 17), generator=torch.Generator().manual_seed(1))
+    attention_mask = (torch.arange(17)[None] < torch.tensor([17, 4, 9, 12, 3, 16])[:, None]).long()
+    read = torch.tensor([[0, 2, 1]] * 6)  # real tokens in every row (the shortest has 3)
+    if head.startswith("cls"):
+        model = bert.BertForSequenceClassification(dataclasses.replace(config, classifier_pooling=head[4:]))
+        read = torch.zeros(6, 1, dtype=torch.long)
+        run = lambda: model(input_ids, attention_mask)  # noqa: E731
+        head_of = lambda x: model.classifier(model.bert.pool(x) if head == "cls-pooler" else x[:, 0])  # noqa: E731
+    elif head == "mlm":
+        model = bert.BertForMaskedLM(config)
+        run = lambda: model(input_ids, attention_mask, masked_positions=read)  # noqa: E731
+        head_of = lambda x: model.mlm_head(x, model.bert.embeddings.word_embeddings.weight)  # noqa: E731
+    else:
+        model = bert.BertForTokenClassification(config)
+        run = lambda: model(input_ids, attention_mask, word_positions=read)  # noqa: E731
+        head_of = model.classifier
+    model.train(mode != "eval")
+    rows = []
+    hook = model.bert.layers[-1].intermediate.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1].numel()))
+    out = run()
+    hook.remove()
+    assert rows == [read.numel()]
+    full = model.bert.encode(input_ids, attention_mask)  # every position, then gathered
+    expected = head_of(torch.gather(full, 1, read[..., None].expand(-1, -1, full.shape[-1])))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    if mode != "eval":
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # a tagger has no pooler
+        grads = torch.autograd.grad(out.square().mean(), [p for _, p in named], allow_unused=True)
+        expected_grads = torch.autograd.grad(expected.square().mean(), [p for _, p in named], allow_unused=True)
+        for (name, _), a, b in zip(named, grads, expected_grads):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)

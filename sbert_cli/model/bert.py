@@ -1,6 +1,7 @@
 """BERT in one file: embeddings, self-attention (SDPA), post-LN layers, pooler, and the MLM, classification and
 token-classification (tagging, with an optional CRF's parameters) heads; Unpadded (a padded batch's real tokens:
-batches with much padding run their dense layers on those only, UNPAD_SHARE).
+batches with much padding run their dense layers on those only, UNPAD_SHARE). A head that reads some positions only
+([CLS], masked tokens, words' first pieces) has the last layer computed there only (BertModel.encode's `read`).
 
 Shapes: B batch, T tokens, H hidden size, nh heads, hs head size (H = nh * hs), V vocab, M masked positions.
 Parameter names are ours (snake_case); hf_weights.py maps Hugging Face's names onto them.
@@ -59,23 +60,26 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(H, H)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, H), or the batch's real tokens (N, H) when `tokens` says where they sit in (B, T): the
-        projections then run on real tokens only, and attention on them put back in place."""
+        projections then run on real tokens only, and attention on them put back in place. Given `queries`
+        (B, M, H), the rows of x at M positions, only those attend (to all of x): (B, M, H)."""
         H = x.shape[-1]
-        B, T = (tokens.batch, tokens.length) if tokens is not None else x.shape[:2]
+        B = tokens.batch if tokens is not None else x.shape[0]
         nh = self.num_heads
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            if tokens is not None:
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, L, H), or (N, H) real tokens -> (B, nh, L, hs)
+            if t.dim() == 2:
                 t = tokens.pad(t)
-            return t.view(B, T, nh, H // nh).transpose(1, 2)  # (B, nh, T, hs)
+            return t.view(B, -1, nh, H // nh).transpose(1, 2)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q = heads(self.query(x if queries is None else queries))
+        k, v = heads(self.key(x)), heads(self.value(x))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
-        ).transpose(1, 2).reshape(B, T, H)  # (B, T, H)
-        return self.output(tokens.unpad(y) if tokens is not None else y)
+        ).transpose(1, 2).reshape(B, q.shape[2], H)  # (B, T or M, H)
+        return self.output(tokens.unpad(y) if tokens is not None and queries is None else y)
 
 
 class Layer(nn.Module):
@@ -92,8 +96,15 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.act = ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask, tokens)))  # (B, T, H) or (N, H)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, tokens: "Unpadded | None" = None,
+                read: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H) or (N, H) as x; given `read` (B, M) token positions, the outputs there only: (B, M, H)."""
+        if read is None:
+            x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask, tokens)))
+        else:
+            full = tokens.pad(x).view(tokens.batch, tokens.length, -1) if tokens is not None else x  # (B, T, H)
+            queries = torch.gather(full, 1, read[..., None].expand(-1, -1, full.shape[-1]))  # (B, M, H)
+            x = self.attention_norm(queries + self.dropout(self.attention(x, attn_mask, tokens, queries)))
         return self.output_norm(x + self.dropout(self.output(self.act(self.intermediate(x)))))
 
 
@@ -134,8 +145,14 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Last hidden state (B, T, H), without the pooler."""
+        """Last hidden state (B, T, H), without the pooler; given `read` (B, M) token positions, only there (B, M, H).
+
+        With `read`, the last layer computes its queries, attention output and feed-forward at those positions alone
+        (keys and values still come from every token): a head that reads [CLS], or the masked positions, does not pay
+        for the (T - M) / T of the last layer nothing reads. The values equal the full layer's there.
+        """
         x = self.embeddings(input_ids, token_type_ids)
         positions = x.shape[0] * x.shape[1]
         real = positions if attention_mask is None else int(attention_mask.count_nonzero())  # the one host read of it
@@ -143,12 +160,20 @@ class BertModel(nn.Module):
         attn_mask = attention_mask.bool()[:, None, None, :] if real < positions else None
         tokens = Unpadded(attention_mask) if self.training and real <= (1 - UNPAD_SHARE) * positions else None
         h = tokens.unpad(x) if tokens is not None else x  # (N, H) or (B, T, H)
-        for layer in self.layers:
-            h = layer(h, attn_mask, tokens)
+        last = len(self.layers) - 1  # config: at least one layer
+        for i, layer in enumerate(self.layers):
+            h = layer(h, attn_mask, tokens, read if i == last else None)
+        if read is not None:
+            return h  # (B, M, H)
         return tokens.pad(h).view_as(x) if tokens is not None else h  # zeros at the padding
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(sequence_output[:, 0]))  # the [CLS] vector, (B, H)
+
+    def encode_cls(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The last hidden state at [CLS] only, (B, 1, H): the last layer runs at that position alone."""
+        read = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
+        return self.encode(input_ids, attention_mask, token_type_ids, read)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.encode(input_ids, attention_mask, token_type_ids)
@@ -189,9 +214,7 @@ class BertForMaskedLM(nn.Module):
         Pretraining passes masked_positions so no (B, T, V) tensor is ever built: with T=128 and
         15% masking that is about 7x less work and memory in the head.
         """
-        x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        if masked_positions is not None:
-            x = torch.gather(x, 1, masked_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, H)
+        x = self.bert.encode(input_ids, attention_mask, token_type_ids, masked_positions)  # (B, T or M, H)
         return self.mlm_head(x, self.bert.embeddings.word_embeddings.weight)
 
 
@@ -216,12 +239,12 @@ class BertForSequenceClassification(_LabelHead):
         """Logits (B, num_labels), from the text vector that config.classifier_pooling names."""
         pooling = self.config.classifier_pooling
         if pooling == "pooler":  # transformers' BertForSequenceClassification
-            _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+            pooled = self.bert.pool(self.bert.encode_cls(input_ids, attention_mask, token_type_ids))
+        elif pooling == "cls":
+            pooled = self.bert.encode_cls(input_ids, attention_mask, token_type_ids)[:, 0]
         else:
             x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-            if pooling == "cls":
-                pooled = x[:, 0]
-            elif attention_mask is None:
+            if attention_mask is None:
                 pooled = x.mean(dim=1)
             else:  # the mean over real tokens, as sentence-embedding models (m3e, SBERT) were trained
                 weights = attention_mask.to(x.dtype)[..., None]  # (B, T, 1)
@@ -252,9 +275,7 @@ class BertForTokenClassification(_LabelHead):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_positions=None) -> torch.Tensor:
         """Tag scores (B, T, num_labels); given word_positions (B, W) (each word's first sub-token), only there:
         (B, W, num_labels)."""
-        x = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        if word_positions is not None:
-            x = torch.gather(x, 1, word_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, W, H)
+        x = self.bert.encode(input_ids, attention_mask, token_type_ids, word_positions)  # (B, T or W, H)
         return self.classifier(self.dropout(x))
 
 

@@ -103,7 +103,7 @@ def embedding_settings(
 def pool(
     encoder: "BertModel", hidden: "torch.Tensor", attention_mask: "torch.Tensor", pooling: str
 ) -> "torch.Tensor":
-    """(B, T, H) hidden states -> (B, H) float32 sentence vectors."""
+    """(B, T, H) hidden states ((B, 1, H), [CLS]'s, is enough for cls and pooler) -> (B, H) float32 sentence vectors."""
     import torch
 
     if pooling == "mean":
@@ -168,7 +168,10 @@ class Embedder:
             for batch in length_sorted_batches(lengths, self.batch_size):
                 input_ids, attention_mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_id)
                 input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-                hidden = self.encoder.encode(input_ids, attention_mask)
+                if pooling == "mean":
+                    hidden = self.encoder.encode(input_ids, attention_mask)
+                else:  # cls or pooler: the last layer runs at [CLS] only
+                    hidden = self.encoder.encode_cls(input_ids, attention_mask)
                 pooled = pool(self.encoder, hidden, attention_mask, pooling).float()
                 if normalize:
                     pooled = F.normalize(pooled, p=2, dim=1)
