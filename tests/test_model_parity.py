@@ -266,10 +266,16 @@ def test_heads_that_read_some_positions_run_the_last_layer_there_only_with_the_f
         run = lambda: model(input_ids, attention_mask, word_positions=read)  # noqa: E731
         head_of = model.classifier
     model.train(mode != "eval")
-    rows = []
-    hook = model.bert.layers[-1].intermediate.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1].numel()))
-    out = run()
-    hook.remove()
+    rows, real_dense, last = [], bert.dense, model.bert.layers[-1].intermediate
+
+    def counting_dense(layer, x, *activation):
+        if layer is last:
+            rows.append(x.shape[:-1].numel())
+        return real_dense(layer, x, *activation)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bert, "dense", counting_dense)
+        out = run()
     assert rows == [read.numel()]
     full = model.bert.encode(input_ids, attention_mask)  # every position, then gathered
     expected = head_of(torch.gather(full, 1, read[..., None].expand(-1, -1, full.shape[-1])))
@@ -282,3 +288,42 @@ def test_heads_that_read_some_positions_run_the_last_layer_there_only_with_the_f
             assert (a is None) == (b is None), name
             if a is not None:
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _ops_run(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch.ao.quantization's notices
+def test_inference_matmuls_run_on_onednn_with_f_linears_values_and_training_keeps_f_linear(monkeypatch):
+    # Without autograd, on float32 CPU tensors outside autocast, the model's linear layers are oneDNN's matmul
+    # (faster than F.linear's MKL sgemm on an AMD EPYC); with autograd, under autocast, on bf16 or int8 they are not.
+    from sbert_cli.model import bert
+
+    if not bert.ONEDNN_LINEAR:
+        pytest.skip("this torch has no oneDNN linear")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" in _ops_run(lambda: bert.dense(layer, x))
+        torch.testing.assert_close(bert.dense(layer, x), torch.nn.functional.linear(x, layer.weight, layer.bias),
+                                   atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: bert.dense(layer, x))
+        assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: bert.dense(layer.to(torch.bfloat16), x.bfloat16()))
+        layer.float()
+        quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
+        assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: bert.dense(quantized[0], x))
+    assert set(bert.ONEDNN_ACTIVATIONS) == set(bert.ACTIVATIONS)
+    with torch.no_grad():
+        for activation, function in bert.ACTIVATIONS.items():  # fused into the matmul, as applied after it
+            torch.testing.assert_close(bert.dense(layer, x, activation), function(bert.dense(layer, x)),
+                                       atol=1e-6, rtol=1e-6, msg=activation)
+    trained = _ops_run(lambda: bert.dense(layer, x).sum().backward())
+    assert "mkldnn::_linear_pointwise" not in trained and layer.weight.grad is not None
+    monkeypatch.setattr(bert, "ONEDNN_LINEAR", False)  # a torch without it
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: bert.dense(layer, x))
