@@ -65,6 +65,7 @@ def test_pretraining_lowers_held_out_loss_and_writes_usable_model_dirs(tmp_path,
     assert re.search(r"held-out \((fp32|bf16 autocast)\): loss", result.stdout)
     mlm = load_for_task(out / "last", "mlm")  # what fill-mask loads
     assert mlm.initialized == []
+    assert json.loads((out / "last" / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     cls = load_for_task(out / "best", "cls", labels=["a", "b"], allow_new_head=True)  # what train-cls loads
     assert all(k.startswith(("classifier.", "bert.pooler.")) for k in cls.initialized)
 

@@ -63,6 +63,7 @@ def test_run_dir_layout_and_metrics_schema(trained):
     assert loaded.model.config.labels[:3] == ["finance", "realty", "stocks"]
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["label2id"]["entertainment"] == 9
+    assert config["architectures"] == ["BertForSequenceClassification"]  # the class transformers should build
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["precision"] == "fp32" and run_info["global_batch_size"] == 16
     machine = run_info["machine"]  # what the figures came from: CPU model, native bf16, threads

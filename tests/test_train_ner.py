@@ -95,6 +95,7 @@ def test_run_and_model_dir_record_the_tagger(crf_run):
     assert meta["heads"] == ["ner"]
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["id2label"]["1"] == "B-LOC" and len(config["id2label"]) == 13
+    assert config["architectures"] == ["BertForTokenClassification"]
     weights = load_file(str(out / "best" / "model.safetensors"))
     assert weights["crf.transitions"].shape == (13, 13) and weights["classifier.weight"].shape == (13, 64)
     assert weights["crf.transitions"].abs().max() > 0.1  # trained at its own, larger rate

@@ -42,6 +42,7 @@ from sbert_cli.model.hf_weights import (
     ConversionReport,
     convert_hf_state_dict,
     find_weights,
+    hf_architecture,
     read_state_dict,
 )
 from sbert_cli.model.tokenizer import BertTokenizer
@@ -404,10 +405,13 @@ def save_model_dir(model: nn.Module, folder: Path, tokenizer: BertTokenizer, tas
 
 def _write_files(folder: Path, config_json: dict, tensors: dict[str, torch.Tensor], tokenizer: BertTokenizer,
                  meta: dict | None = None, tokenizer_config: dict | None = None) -> Path:
-    """The files of a model dir, into the new folder `folder`."""
+    """The files of a model dir, into the new folder `folder`. With sbert.json's `meta`, config.json's architectures
+    name the transformers class of the heads written (a classifier: BertForSequenceClassification)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
+    if meta is not None:
+        config_json = {**config_json, "architectures": [hf_architecture(meta["heads"])]}
     json_files = {
         "config.json": config_json,
         "tokenizer_config.json": {

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbert_cli.errors import ConfigError
-from sbert_cli.model.hf_weights import export_hf_state_dict
+from sbert_cli.model.hf_weights import export_hf_state_dict, hf_architecture
 from sbert_cli.model.model_dir import (
     Checkpoint,
     load_for_task,
@@ -24,9 +24,6 @@ from sbert_cli.model.tokenizer import BertTokenizer
 from sbert_cli.tasks.probe import ProbeResult, probe_mlm_head
 
 DIRECTIONS = ("sbert", "hf")
-# transformers class for the heads a checkpoint holds; the classifier (or tagger) wins when both are present.
-HF_ARCHITECTURES = (("ner", "BertForTokenClassification"), ("cls", "BertForSequenceClassification"),
-                    ("mlm", "BertForMaskedLM"))
 OPTIONAL_PARTS = {
     "bert.pooler.": "pooler (BertForMaskedLM checkpoints ship none; only the classifier uses it)",
     "mlm_head.": "MLM head (cls.predictions.*): fill-mask and continued pretraining need one",
@@ -66,10 +63,6 @@ def check_destination(destination: Path, source: Path, force: bool) -> None:
         raise ConfigError(f"{destination}: is the source model dir; choose another DST")
     OutputDir(destination).check(force, will_write=MODEL_FILES, reads=[source],
                                  not_empty="exists and is not empty; pass `force` to replace it, or choose another DST")
-
-
-def hf_architecture(heads: list[str]) -> str:
-    return next((name for task, name in HF_ARCHITECTURES if task in heads), "BertModel")
 
 
 def convert_weights(
