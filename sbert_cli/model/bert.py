@@ -44,7 +44,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     the same values to float32 rounding. Training keeps F.linear and its gradients."""
     global ONEDNN_LINEAR
     if (ONEDNN_LINEAR and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled):
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.enabled):
         attr, algorithm = ONEDNN_ACTIVATIONS[activation] if activation else ("none", "")
         try:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
