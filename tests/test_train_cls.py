@@ -66,6 +66,7 @@ def test_run_dir_layout_and_metrics_schema(trained):
     assert config["architectures"] == ["BertForSequenceClassification"]  # the class transformers should build
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["precision"] == "fp32" and run_info["global_batch_size"] == 16
+    assert run_info["torch_compile"] is False  # the rule --precision's help states
     machine = run_info["machine"]  # what the figures came from: CPU model, native bf16, threads
     assert machine["cpu"] and isinstance(machine["cpu_bf16"], bool) and machine["threads"] >= 1
 

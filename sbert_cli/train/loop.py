@@ -286,6 +286,7 @@ class Trainer:
             "device": str(self.device), "precision": self.precision, "world_size": self.env.world_size,
             "global_batch_size": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "torch": torch.__version__,
+            "torch_compile": False,  # eager by rule: see --precision's help and docs/benchmarks.md
             "machine": describe_machine(),  # CPU model and native bf16, threads: what the run's numbers came from
         }
         text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"

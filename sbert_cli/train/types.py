@@ -74,7 +74,9 @@ class TrainConfig:
         "Start over in a non-empty --out, removing only what an earlier run wrote there.", "--force", panel=RUN))
     plot: bool = field(default=True, metadata=option("Draw OUT/curves.png at the end.", "--plot/--no-plot", panel=RUN))
     precision: str = field(default="auto", metadata=option(
-        "auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA).", "--precision", panel=HARDWARE))
+        "auto (bf16 where the CPU/GPU does it natively, else fp32), fp32, bf16, fp16 (CUDA). Runs eager: torch.compile "
+        "measured no faster on these models and recompiles per batch length, so it is not used (run.json: torch_compile).",
+        "--precision", panel=HARDWARE))
     device: str = field(default="auto", metadata=option(
         "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU).", "--device", panel=HARDWARE))
     dist_timeout_s: float = field(default=600.0, metadata=option(
