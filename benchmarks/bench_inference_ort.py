@@ -120,8 +120,8 @@ def main() -> None:
     from sbert_cli.model.precision import cpu_supports_bf16, machine_summary, prepare_for_inference
 
     threads = torch.get_num_threads()
-    shape = TINY if args.quick else BASE
-    ours, theirs = build_cls_pair(shape, args.seed) if args.head == "cls" else build_pair(shape, args.seed)
+    config = TINY if args.quick else BASE
+    ours, theirs = build_cls_pair(config, args.seed) if args.head == "cls" else build_pair(config, args.seed)
     ours_output = (lambda out: out) if args.head == "cls" else (lambda out: out[0])  # logits, or the hidden states
     input_ids, attention_mask = make_batch(args.batch_size, args.seq_len, 21128, False, args.seed)
     bf16 = args.bf16 or cpu_supports_bf16()

@@ -19,7 +19,7 @@ SMALLEST = {
     "bench_finetune_speed.py": ["--quick"],
     "bench_forward.py": ["--batch-size", "2", "--seq-len", "8", "--layers", "1", "--repeats", "1", "--precisions", "fp32"],
     "bench_fused_adamw.py": ["--quick"],
-    "bench_inference_ort.py": ["--quick"],
+    "bench_inference_ort.py": ["--quick", "--head", "cls"],  # the classifier's rows: the encoder's share the code
     "bench_inference_precision.py": ["--quick"],
     "bench_mlm_data.py": ["--repeats", "1", "--no-big", "--no-reference", "--workdir", "{tmp}"],
     "bench_serve.py": ["--quick"],

@@ -20,8 +20,9 @@ def run(*args: str) -> str:
 
 def test_bench_train_runs_a_tiny_classification_step():
     out = run(str(BENCHMARKS / "bench_train.py"), "--config", "tiny", "--tasks", "cls", "--batch-size", "4",
-              "--seq-len", "32", "--steps", "1", "--precision", "fp32")
+              "--seq-len", "32", "--short-len", "20", "--steps", "1", "--precision", "fp32")
     assert "sequences/s" in out and "cls " in out.splitlines()[-1]
+    assert "half the rows 20 tokens; padding 18.8% of the batch positions" in out  # the mixed-length batch
 
 
 def test_bench_step_profile_quick_prints_the_breakdown_and_the_machine():
