@@ -236,3 +236,14 @@ def test_jieba_segmenter_honours_the_user_dict(tmp_path):
     segmenter = Segmenter("jieba", user_dict)
     assert "业绩向上" in segmenter.cut("业绩向上修正")
     assert segmenter.word_lengths("业绩向上修正\n变脸").sum() == len("业绩向上修正\n变脸")
+
+
+def test_rjieba_user_words_stay_in_their_own_segmenter(tmp_path):
+    # Without a user dictionary the segmenter cuts with the dictionary rjieba builds on import (no second copy);
+    # with one, it builds its own, so the user's words never leak into the shared default.
+    from sbert_cli.data.segment import Segmenter
+
+    user_dict = tmp_path / "dict.txt"
+    user_dict.write_text("业绩向上 100 n\n", encoding="utf-8")
+    assert "业绩向上" in Segmenter("rjieba", user_dict).cut("业绩向上修正")
+    assert "业绩向上" not in Segmenter("rjieba").cut("业绩向上修正")
