@@ -101,18 +101,19 @@ def embedding_settings(
 
 
 def pool(
-    encoder: "BertModel", hidden: "torch.Tensor", attention_mask: "torch.Tensor", pooling: str
+    encoder: "BertModel", input_ids: "torch.Tensor", attention_mask: "torch.Tensor", pooling: str
 ) -> "torch.Tensor":
-    """(B, T, H) hidden states ((B, 1, H), [CLS]'s, is enough for cls and pooler) -> (B, H) float32 sentence vectors."""
+    """A padded batch -> (B, H) float32 sentence vectors. mean reads every token; cls and pooler read [CLS] only,
+    so the last layer runs there alone (BertModel.encode_cls)."""
     import torch
 
     if pooling == "mean":
+        hidden = encoder.encode(input_ids, attention_mask)  # (B, T, H)
         mask = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1): padding contributes nothing
         summed = (hidden * mask).sum(dim=1, dtype=torch.float32)
         return summed / mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
-    if pooling == "cls":
-        return hidden[:, 0].float()
-    return encoder.pool(hidden).float()
+    cls = encoder.encode_cls(input_ids, attention_mask)  # (B, 1, H)
+    return (cls[:, 0] if pooling == "cls" else encoder.pool(cls)).float()
 
 
 @dataclass
@@ -168,11 +169,7 @@ class Embedder:
             for batch in length_sorted_batches(lengths, self.batch_size):
                 input_ids, attention_mask = pad_batch([sequences[i] for i in batch], self.tokenizer.pad_id)
                 input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-                if pooling == "mean":
-                    hidden = self.encoder.encode(input_ids, attention_mask)
-                else:  # cls or pooler: the last layer runs at [CLS] only
-                    hidden = self.encoder.encode_cls(input_ids, attention_mask)
-                pooled = pool(self.encoder, hidden, attention_mask, pooling).float()
+                pooled = pool(self.encoder, input_ids, attention_mask, pooling)
                 if normalize:
                     pooled = F.normalize(pooled, p=2, dim=1)
                 vectors[batch] = pooled.cpu().numpy()
