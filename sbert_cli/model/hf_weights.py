@@ -52,18 +52,19 @@ ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
 # Our parameters that are optional in a checkpoint: the heads, and the pooler (BertForMaskedLM has none).
 OPTIONAL_PREFIXES = ("mlm_head.", "classifier.", "crf.", "bert.pooler.")
 HEAD_PREFIXES = {"mlm": "mlm_head.", "cls": "classifier."}
+# Optional extras no checkpoint "lacks" (a tagger may or may not have a CRF): never listed as missing.
+EXTRA_PREFIXES = ("crf.",)
 # transformers class for the heads a checkpoint holds (config.json's architectures); the classifier or tagger wins
 # when an MLM head is there too.
 HF_ARCHITECTURES = (("ner", "BertForTokenClassification"), ("cls", "BertForSequenceClassification"),
                     ("mlm", "BertForMaskedLM"))
 
+LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}  # TF-era LayerNorm names
+
 
 def hf_architecture(heads: list[str]) -> str:
+    """config.json's architectures entry for a model dir whose heads are `heads` (sbert.json's)."""
     return next((name for task, name in HF_ARCHITECTURES if task in heads), "BertModel")
-# Optional extras no checkpoint "lacks" (a tagger may or may not have a CRF): never listed as missing.
-EXTRA_PREFIXES = ("crf.",)
-
-LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}  # TF-era LayerNorm names
 
 
 def _template_regex(template: str) -> re.Pattern:
